@@ -1,0 +1,207 @@
+"""One table of rules between PyTorch state dicts and Flax param trees, used both ways.
+
+The Flax module tree mirrors the PyTorch one: `down_blocks_0/attentions_1/to_q/kernel` is
+`down_blocks.0.attentions.1.to_q.weight`. A param tree's own structure (from `jax.eval_shape`)
+drives the conversion, so every Flax leaf has exactly one PyTorch key and one transform, and a
+round trip is bit-exact.
+
+Leaf rules:
+  Dense kernel (in, out)          <-> Linear weight (out, in)            transpose
+  Conv kernel (H, W, I, O)        <-> Conv2d weight (O, I, H, W)
+  Conv kernel (W, I, O)           <-> Conv1d weight (O, I, W)
+  Conv kernel (T, H, W, I, O)     <-> Conv3d weight (O, I, T, H, W)
+  norm scale                      <-> weight
+  Embed embedding                 <-> weight
+  anything else (bias, raw params) keeps its name and layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from emo_jax.errors import InputError
+
+# Flax names of list members: `resnets_0` <-> `resnets.0`. Any other `_<digits>` suffix
+# (`linear_1`, `conv_2`) is part of the PyTorch attribute name and stays as it is.
+LIST_NAMES = frozenset(
+    {
+        "down_blocks",
+        "up_blocks",
+        "resnets",
+        "attentions",
+        "transformer_blocks",
+        "downsamplers",
+        "upsamplers",
+        "to_out",
+        "net",
+        "layers",
+        "conv_layers",
+        "motion_modules",
+        "blocks",
+        "mid_blocks",
+    }
+)
+
+_LIST_MEMBER = re.compile(r"^(.*)_(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rename:
+    """An extra rule: a regex substitution applied to the PyTorch key derived from a Flax path.
+
+    Because conversion is driven by the Flax tree, the same rule serves both directions.
+    """
+
+    pattern: str
+    repl: str
+
+
+def _leaf_transform(leaf_name: str, ndim: int) -> tuple[str, tuple[int, ...] | None]:
+    """(PyTorch leaf name, axes that map the Flax array to the PyTorch one) for a Flax leaf."""
+    if leaf_name == "kernel":
+        perm = {2: (1, 0), 3: (2, 1, 0), 4: (3, 2, 0, 1), 5: (4, 3, 0, 1, 2)}.get(ndim)
+        if perm is None:
+            raise ValueError(f"kernel of rank {ndim} has no rule")
+        return "weight", perm
+    if leaf_name in ("scale", "embedding"):
+        return "weight", None
+    return leaf_name, None
+
+
+def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argsort(perm))
+
+
+def flax_path_to_torch_key(path: tuple[str, ...], renames: Iterable[Rename] = ()) -> str:
+    """Module path + leaf name -> PyTorch state-dict key (without the leaf transform)."""
+    parts = []
+    for p in path[:-1]:
+        m = _LIST_MEMBER.match(p)
+        if m and m.group(1) in LIST_NAMES:
+            parts.extend([m.group(1), m.group(2)])
+        else:
+            parts.append(p)
+    leaf, _ = _leaf_transform(path[-1], 2 if path[-1] == "kernel" else 1)
+    key = ".".join(parts + [leaf])
+    for r in renames:
+        key = re.sub(r.pattern, r.repl, key)
+    return key
+
+
+@dataclasses.dataclass(frozen=True)
+class _LeafRule:
+    path: tuple[str, ...]
+    key: str
+    perm: tuple[int, ...] | None
+    shape: tuple[int, ...]  # Flax shape
+
+
+def _rules(abstract_params: Any, renames: Iterable[Rename]) -> list[_LeafRule]:
+    renames = tuple(renames)
+    rules = []
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
+        path = tuple(str(k.key) for k in kp)
+        key = flax_path_to_torch_key(path, renames)
+        _, perm = _leaf_transform(path[-1], len(leaf.shape))
+        rules.append(_LeafRule(path, key, perm, tuple(leaf.shape)))
+    return rules
+
+
+def torch_shape(rule: _LeafRule) -> tuple[int, ...]:
+    return tuple(rule.shape[i] for i in rule.perm) if rule.perm else rule.shape
+
+
+class ConversionError(InputError):
+    """A state dict that does not fit the model: every offending key, in one message."""
+
+
+def _report(
+    source: str, missing: list[str], unexpected: list[str], mismatched: list[str], limit: int = 20
+) -> None:
+    def show(kind: str, keys: list[str]) -> str:
+        more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+        return f"{len(keys)} {kind}: {', '.join(keys[:limit])}{more}"
+
+    parts = [
+        show(kind, keys)
+        for kind, keys in (
+            ("missing key(s)", missing),
+            ("unexpected key(s)", unexpected),
+            ("shape mismatch(es)", mismatched),
+        )
+        if keys
+    ]
+    if parts:
+        raise ConversionError(f"{source}: state dict does not fit the model: " + "; ".join(parts))
+
+
+def torch_to_flax(
+    state_dict: Mapping[str, Any],
+    abstract_params: Any,
+    renames: Iterable[Rename] = (),
+    source: str = "state dict",
+    allow_missing: bool = False,
+    allow_unexpected: bool = False,
+) -> tuple[Any, list[str], list[str]]:
+    """PyTorch state dict (numpy arrays) -> Flax params shaped like `abstract_params`.
+
+    Strict by default: missing keys, unexpected keys and shape mismatches are reported all at
+    once. With `allow_missing` the missing leaves are returned as None (for the caller to fill
+    from an initialisation). Returns (params, missing keys, unexpected keys).
+    """
+    rules = _rules(abstract_params, renames)
+    known = {r.key for r in rules}
+    missing, mismatched, leaves = [], [], []
+    for r in rules:
+        if r.key not in state_dict:
+            missing.append(r.key)
+            leaves.append(None)
+            continue
+        value = np.asarray(state_dict[r.key])
+        if value.shape != torch_shape(r):
+            mismatched.append(f"{r.key} {tuple(value.shape)} != expected {torch_shape(r)}")
+            leaves.append(None)
+            continue
+        leaves.append(np.transpose(value, _inverse(r.perm)) if r.perm else value)
+    unexpected = sorted(k for k in state_dict if k not in known)
+    _report(
+        source,
+        [] if allow_missing else missing,
+        [] if allow_unexpected else unexpected,
+        mismatched,
+    )
+    treedef = jax.tree_util.tree_structure(abstract_params)
+    params = jax.tree_util.tree_unflatten(treedef, leaves)
+    return params, missing, unexpected
+
+
+def flax_to_torch(params: Any, renames: Iterable[Rename] = ()) -> dict[str, np.ndarray]:
+    """Flax params -> PyTorch state dict of contiguous numpy arrays (the exact inverse)."""
+    out = {}
+    for r, leaf in zip(_rules(params, renames), jax.tree_util.tree_leaves(params)):
+        value = np.asarray(leaf)
+        out[r.key] = np.ascontiguousarray(np.transpose(value, r.perm) if r.perm else value)
+    return out
+
+
+def fill_missing(params: Any, init_params: Any) -> Any:
+    """Leaves that are None in `params` (missing from a partial load) take `init_params`."""
+    return jax.tree_util.tree_map(
+        lambda p, i: i if p is None else p, params, init_params, is_leaf=lambda x: x is None
+    )
+
+
+def rename_keys(state_dict: Mapping[str, Any], fn: Callable[[str], str | None]) -> dict:
+    """Maps every key through `fn` (None drops the key)."""
+    out = {}
+    for k, v in state_dict.items():
+        new = fn(k)
+        if new is not None:
+            out[new] = v
+    return out

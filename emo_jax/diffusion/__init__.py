@@ -1,0 +1,1 @@
+"""emo_jax.diffusion"""
