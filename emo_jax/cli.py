@@ -9,9 +9,7 @@ import sys
 from emo_jax.errors import InputError
 
 # Each module defines `register(subparsers)`, which adds its sub-command(s) and sets `func`.
-COMMAND_MODULES = (
-    "emo_jax.commands.info",
-)
+COMMAND_MODULES = ("emo_jax.commands.info",)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -193,7 +193,7 @@ class UNetConfig:
     act_fn: str = "silu"
     norm_num_groups: int | None = 32
     norm_eps: float = 1e-5
-    cross_attention_dim: int | tuple[int, ...] = 768
+    cross_attention_dim: int | tuple[int, ...] | None = 768  # None: no cross-attention
     transformer_layers_per_block: int | tuple[int, ...] = 1
     reverse_transformer_layers_per_block: tuple[int, ...] | None = None
     attention_head_dim: int | tuple[int, ...] = 8
@@ -251,12 +251,140 @@ class VAEConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class Wav2Vec2Config:
+    """transformers `Wav2Vec2Config` (its config.json keys; defaults = wav2vec2-base-960h's
+    architecture). Loaded from a folder's config.json by `emo_jax.models.wav2vec2`, which
+    ignores bookkeeping keys and rejects values it does not implement."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    feat_extract_norm: str = "group"
+    feat_extract_activation: str = "gelu"
+    conv_dim: tuple[int, ...] = (512, 512, 512, 512, 512, 512, 512)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_bias: bool = False
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    do_stable_layer_norm: bool = False
+    # Training-time settings (Wav2Vec2Model runs here for inference only); mask_*_prob > 0
+    # also gives the model its `masked_spec_embed` parameter.
+    hidden_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    feat_proj_dropout: float = 0.0
+    feat_quantizer_dropout: float = 0.0
+    final_dropout: float = 0.1
+    layerdrop: float = 0.1
+    initializer_range: float = 0.02
+    apply_spec_augment: bool = True
+    mask_time_prob: float = 0.05
+    mask_time_length: int = 10
+    mask_time_min_masks: int = 2
+    mask_feature_prob: float = 0.0
+    mask_feature_length: int = 10
+    mask_feature_min_masks: int = 0
+    # Heads and pre-training (not part of Wav2Vec2Model): any value is accepted.
+    vocab_size: int | None = 32
+    num_codevectors_per_group: int = 320
+    num_codevector_groups: int = 2
+    contrastive_logits_temperature: float = 0.1
+    num_negatives: int = 100
+    codevector_dim: int = 256
+    proj_codevector_dim: int = 256
+    diversity_loss_weight: float = 0.1
+    ctc_loss_reduction: str = "sum"
+    ctc_zero_infinity: bool = False
+    use_weighted_layer_sum: bool = False
+    classifier_proj_size: int = 256
+    tdnn_dim: tuple[int, ...] = (512, 512, 512, 512, 1500)
+    tdnn_kernel: tuple[int, ...] = (5, 3, 3, 1, 1)
+    tdnn_dilation: tuple[int, ...] = (1, 2, 3, 1, 1)
+    xvector_output_dim: int = 512
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | tuple[int, ...] | None = 2
+    # Settings transformers knows and emo_jax does not implement: accepted only at defaults.
+    add_adapter: bool = False
+    adapter_kernel_size: int = 3
+    adapter_stride: int = 2
+    num_adapter_layers: int = 3
+    output_hidden_size: int | None = None
+    adapter_attn_dim: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioConfig:
+    """Audio -> per-video-frame features (window of +-`window` frames) -> audio tokens."""
+
+    encoder: str = "wav2vec2"  # "wav2vec2" (pretrained, transformers folder) or "mel" (cheap)
+    wav2vec2_path: str | None = None  # transformers-format folder: config.json + weights
+    layers: tuple[int, ...] | None = None  # wav2vec2 hidden_states indices; None: 1..L (all)
+    sample_rate: int = 16000
+    fps: float = 25.0  # video frame rate: frames = round(seconds * fps), halves up
+    window: int = 2  # m: frame f gets the features of frames f-m .. f+m
+    chunk_seconds: float = 20.0  # long audio goes through the encoder in chunks this long
+    context_seconds: float = 2.0  # extra audio each side of a wav2vec2 chunk, then dropped
+    n_mels: int = 80  # mel encoder: bins ...
+    mel_n_fft: int = 400  # ... FFT size = window (samples) ...
+    mel_hop: int = 160  # ... hop (samples) ...
+    mel_subframes: int = 4  # ... and vectors per video frame (its "layers" axis)
+    proj_tokens: int = 32  # K: audio tokens per frame that audio-attention attends to
+    proj_hidden_dim: int = 512  # hidden width of the projection MLP (output: cross_attention_dim)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The networks: SD1.5 UNet (backbone and ReferenceNet) and VAE."""
 
     unet: UNetConfig = UNetConfig()
     vae: VAEConfig = VAEConfig()
+    audio: AudioConfig = AudioConfig()
     dtype: str = "float32"  # compute dtype; params stay float32
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    """Noise schedule (diffusers scheduler config names; SD1.5 values), training loss, sampler."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"  # or "linear"
+    prediction_type: str = "epsilon"  # or "v_prediction", "sample"
+    rescale_betas_zero_snr: bool = False  # zero terminal SNR (use with v_prediction)
+    timestep_spacing: str = "leading"  # or "trailing", "linspace"
+    steps_offset: int = 1  # added to "leading" timesteps
+    set_alpha_to_one: bool = False  # DDIM's last step goes to alpha_bar = 1 (else alpha_bar_0)
+    clip_sample: bool = False  # DDIM: clip the predicted x0 to [-clip_sample_range, ...]
+    clip_sample_range: float = 1.0
+    lower_order_final: bool = True  # DPM-Solver++: first-order last step if < 15 steps
+    use_karras_sigmas: bool = False  # DPM-Solver++: Karras et al. sigma spacing
+    final_sigmas_type: str = "zero"  # DPM-Solver++: last sigma "zero" or "sigma_min"
+    snr_gamma: float | None = None  # training: min-SNR-gamma loss weighting (None: plain MSE)
+    sampler: str = "ddim"  # or "dpmpp_2m" (DPM-Solver++ 2M)
+    num_inference_steps: int = 40  # the paper: DDIM, 40 steps
+    eta: float = 0.0  # DDIM noise (0: deterministic)
+    guidance_scale: float = 3.5  # CFG scale (Hallo); the reference scale if audio's is set
+    audio_guidance_scale: float | None = None  # set: separate audio scale (V-Express style)
+
+    def __post_init__(self):
+        choices = {
+            "beta_schedule": ("linear", "scaled_linear"),
+            "prediction_type": ("epsilon", "v_prediction", "sample"),
+            "timestep_spacing": ("leading", "trailing", "linspace"),
+            "final_sigmas_type": ("zero", "sigma_min"),
+            "sampler": ("ddim", "dpmpp_2m"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"diffusion.{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}"
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +392,7 @@ class Config:
     """The whole config tree that the CLI loads."""
 
     model: ModelConfig = ModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

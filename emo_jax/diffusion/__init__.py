@@ -1,1 +1,1 @@
-"""emo_jax.diffusion"""
+"""emo_jax.diffusion: noise schedule, training loss, DDIM / DPM-Solver++ 2M samplers, guidance."""

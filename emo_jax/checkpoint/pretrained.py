@@ -1,0 +1,108 @@
+"""`from_pretrained` / `save_pretrained` for diffusers- and transformers-format folders
+(`config.json` + weights), on the one rule table of `convert.py`."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from emo_jax.checkpoint.convert import Rename, flax_to_torch, torch_to_flax
+from emo_jax.checkpoint.torch_io import (
+    find_weights,
+    load_state_dict,
+    read_json,
+    save_safetensors,
+    write_json,
+)
+from emo_jax.config import ConfigError, from_dict, to_dict
+from emo_jax.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderFormat:
+    """How one PyTorch-library model folder maps to an emo_jax module."""
+
+    class_name: str  # `_class_name` (diffusers) or `architectures[0]` (transformers)
+    config_cls: type
+    build: Callable[[Any, Any], nn.Module]  # (config, dtype) -> module
+    dummy_inputs: Callable[[Any], tuple]  # config -> example inputs for init
+    weight_stem: str  # "diffusion_pytorch_model" | "model"
+    library: str = "diffusers"
+    renames: tuple[Rename, ...] = ()
+    ignore_keys: tuple[str, ...] = ()  # config.json keys that are bookkeeping, not architecture
+    validate: Callable[[Any], None] = lambda cfg: None
+
+
+def read_config(folder: Path, fmt: FolderFormat) -> Any:
+    """A folder's config.json as `fmt.config_cls`, bookkeeping keys dropped."""
+    path = folder / "config.json"
+    raw = read_json(path)
+    data = {k: v for k, v in raw.items() if not k.startswith("_") and k not in fmt.ignore_keys}
+    try:
+        cfg = from_dict(fmt.config_cls, data, str(path))
+        fmt.validate(cfg)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from None
+    return cfg
+
+
+def abstract_params(module: nn.Module, fmt: FolderFormat, cfg: Any) -> Any:
+    """Param shapes of `module` (jax.ShapeDtypeStruct leaves), nothing allocated."""
+    return jax.eval_shape(module.init, jax.random.key(0), *fmt.dummy_inputs(cfg))["params"]
+
+
+def init_params(module: nn.Module, fmt: FolderFormat, cfg: Any, rng: jax.Array) -> Any:
+    """Freshly initialised params."""
+    return jax.jit(module.init)(rng, *fmt.dummy_inputs(cfg))["params"]
+
+
+def from_pretrained(
+    folder: str | Path, fmt: FolderFormat, dtype: Any = None
+) -> tuple[nn.Module, Any]:
+    """(module, params) from a folder written by the PyTorch library's `save_pretrained`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: model folder not found")
+    cfg = read_config(folder, fmt)
+    module = fmt.build(cfg, dtype)
+    weights = find_weights(folder, (fmt.weight_stem,))
+    params, _, _ = torch_to_flax(
+        load_state_dict(weights),
+        abstract_params(module, fmt, cfg),
+        fmt.renames,
+        source=str(weights),
+    )
+    return module, params
+
+
+def config_json(cfg: Any, fmt: FolderFormat) -> dict:
+    """The config.json that the PyTorch library writes for this config."""
+    data = to_dict(cfg)
+    if fmt.library == "diffusers":
+        return {"_class_name": fmt.class_name, **data}
+    return {"architectures": [fmt.class_name], **data}
+
+
+def save_pretrained(params: Any, cfg: Any, folder: str | Path, fmt: FolderFormat) -> None:
+    """Writes config.json + safetensors in the PyTorch library's format; complete or nothing."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        write_json(config_json(cfg, fmt), tmp / "config.json")
+        save_safetensors(flax_to_torch(params, fmt.renames), tmp / f"{fmt.weight_stem}.safetensors")
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

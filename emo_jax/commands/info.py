@@ -1,0 +1,33 @@
+"""`emo-jax info`: a config and its parameter counts per component (nothing allocated)."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from emo_jax.config import load_config, to_dict
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print a config and its parameter counts per component")
+    p.add_argument("--config", help="YAML config (defaults: SD1.5 sizes)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.unet.layers_per_block=1")
+    p.add_argument("--quiet-config", action="store_true", help="print only the counts")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from emo_jax.models.inventory import parameter_counts
+
+    config = load_config(args.config, args.overrides)
+    if not args.quiet_config:
+        print(yaml.safe_dump(to_dict(config), sort_keys=False).rstrip())
+        print()
+    counts = parameter_counts(config)
+    width = max(map(len, counts)) + 2
+    print(f"{'component':<{width}}{'parameters':>16}")
+    for name, n in counts.items():
+        print(f"{name:<{width}}{n:>16,}")
+    print(f"{'total':<{width}}{sum(counts.values()):>16,}")
+    return 0

@@ -1,0 +1,151 @@
+"""BasicTransformerBlock and Transformer2DModel (diffusers names), with EMO's reference hooks:
+a ReferenceNet block records the tokens that enter its self-attention (`sow` into the
+"reference" collection), and a backbone block appends the recorded tokens of its twin to its
+self-attention's keys and values (reference-attention)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from emo_jax.nn.attention import Attention
+from emo_jax.nn.resnet import conv, group_norm
+
+REFERENCE = "reference"  # the collection ReferenceNet blocks write their tokens to
+
+
+def layer_norm(eps: float, dtype: Any, name: str) -> nn.LayerNorm:
+    """LayerNorm computed as PyTorch does (two-pass variance)."""
+    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
+
+
+class GatedProj(nn.Module):
+    """`proj` then GEGLU (`geglu`) or GELU (`gelu`), diffusers' `GEGLU` / `GELU`."""
+
+    inner: int
+    activation: str = "geglu"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.activation == "geglu":
+            h, gate = jnp.split(nn.Dense(2 * self.inner, dtype=self.dtype, name="proj")(x), 2, -1)
+            return h * jax.nn.gelu(gate, approximate=False)
+        if self.activation == "gelu":
+            return jax.nn.gelu(
+                nn.Dense(self.inner, dtype=self.dtype, name="proj")(x), approximate=False
+            )
+        raise ValueError(f"unsupported feed-forward activation {self.activation!r}")
+
+
+class FeedForward(nn.Module):
+    """`net.0` (gated projection to `mult * dim`) then `net.2` (back to `dim`)."""
+
+    dim: int
+    mult: int = 4
+    activation: str = "geglu"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = GatedProj(self.dim * self.mult, self.activation, self.dtype, name="net_0")(x)
+        return nn.Dense(self.dim, dtype=self.dtype, name="net_2")(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """norm1 -> self-attention (attn1) -> norm2 -> cross-attention (attn2) -> norm3 -> ff.
+
+    `write_reference`: record norm1's output (ReferenceNet). `reference`: (B, S, C) tokens of
+    the ReferenceNet twin, appended to attn1's keys/values for every frame (backbone).
+    `cross_attention`: False drops norm2/attn2 (a block with nothing to cross-attend to).
+    """
+
+    dim: int
+    heads: int
+    dim_head: int
+    cross_attention: bool = True
+    only_cross_attention: bool = False
+    write_reference: bool = False
+    zero_init_cross_out: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        reference: jax.Array | None = None,
+        num_frames: int = 1,
+    ) -> jax.Array:
+        attn = lambda name, zero=False: Attention(  # noqa: E731
+            self.heads, self.dim_head, zero_init_out=zero, dtype=self.dtype, name=name
+        )
+        h = layer_norm(1e-5, self.dtype, "norm1")(x)  # (B*F, T, C)
+        if self.write_reference:
+            self.sow(REFERENCE, "tokens", h)
+        if self.only_cross_attention:
+            kv = context
+        elif reference is not None:
+            ref = jnp.repeat(reference.astype(h.dtype), num_frames, axis=0)  # (B*F, S, C)
+            kv = jnp.concatenate([h, ref], axis=1)  # (B*F, T+S, C)
+        else:
+            kv = None
+        x = attn("attn1")(h, kv) + x
+        if self.cross_attention:
+            h = layer_norm(1e-5, self.dtype, "norm2")(x)
+            x = attn("attn2", self.zero_init_cross_out)(h, context) + x
+        h = layer_norm(1e-5, self.dtype, "norm3")(x)
+        return FeedForward(self.dim, dtype=self.dtype, name="ff")(h) + x
+
+
+class Transformer2DModel(nn.Module):
+    """GroupNorm, `proj_in` (1x1 conv or linear), transformer blocks, `proj_out`, residual."""
+
+    heads: int
+    dim_head: int
+    num_layers: int = 1
+    norm_num_groups: int = 32
+    use_linear_projection: bool = False
+    cross_attention: bool = True
+    only_cross_attention: bool = False
+    write_reference: bool = False
+    zero_init_cross_out: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        references: dict | None = None,
+        num_frames: int = 1,
+    ) -> jax.Array:
+        b, hgt, wdt, c = x.shape
+        inner = self.heads * self.dim_head
+        residual = x
+        x = group_norm(self.norm_num_groups, 1e-6, self.dtype, "norm")(x)
+        if self.use_linear_projection:
+            x = nn.Dense(inner, dtype=self.dtype, name="proj_in")(x.reshape(b, hgt * wdt, c))
+        else:
+            x = conv(inner, 1, self.dtype, "proj_in")(x).reshape(b, hgt * wdt, inner)  # (B, HW, C)
+        for i in range(self.num_layers):
+            name = f"transformer_blocks_{i}"
+            x = BasicTransformerBlock(
+                inner,
+                self.heads,
+                self.dim_head,
+                cross_attention=self.cross_attention,
+                only_cross_attention=self.only_cross_attention,
+                write_reference=self.write_reference,
+                zero_init_cross_out=self.zero_init_cross_out,
+                dtype=self.dtype,
+                name=name,
+            )(x, context, None if references is None else references[name], num_frames)
+        if self.use_linear_projection:
+            x = nn.Dense(c, dtype=self.dtype, name="proj_out")(x).reshape(b, hgt, wdt, c)
+        else:
+            x = conv(c, 1, self.dtype, "proj_out")(x.reshape(b, hgt, wdt, inner))
+        return x + residual
