@@ -10,6 +10,7 @@ from emo_jax.errors import InputError
 
 # Each module defines `register(subparsers)`, which adds its sub-command(s) and sets `func`.
 COMMAND_MODULES = ("emo_jax.commands.info",)
+COMMAND_MODULES += ("emo_jax.commands.synth", "emo_jax.commands.preprocess")
 
 
 def build_parser() -> argparse.ArgumentParser:

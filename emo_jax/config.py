@@ -388,11 +388,46 @@ class DiffusionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Preprocessed corpus, training examples and the Grain loader (emo_jax.data)."""
+
+    shards: str = "data/processed"  # folder written by `emo-jax preprocess` (manifest.json)
+    mode: str = "video"  # "video": n motion + f target frames (stages 2-3); "image": stage 1
+    resolution: int = 512  # square frames; shards stored at another size are resized
+    fps: int = 25
+    sample_rate: int = 16000  # audio samples per frame = sample_rate / fps (640)
+    n_motion_frames: int = 4  # n (paper)
+    n_frames: int = 12  # f (paper)
+    audio_context: int = 2  # m: audio frames of context before and after the clip (paper)
+    clip_stride: int = 1  # frames between the starts of consecutive candidate clips
+    batch_size: int = 4  # global; each JAX process loads batch_size / process_count
+    shuffle: bool = True
+    seed: int = 0
+    num_epochs: int | None = None  # None: repeat forever
+    worker_count: int = 0  # Grain worker processes (0: load in the main process)
+    worker_buffer_size: int = 2
+    # preprocessing (emo-jax preprocess)
+    detector: str = "haar"  # emo_jax.data.faces.DETECTORS
+    pose: str = "flow"  # emo_jax.data.pose.POSE_ESTIMATORS
+    crop_scale: float = 2.0  # crop side / median face box side
+    jpeg_quality: int = 95
+    min_face_fraction: float = 0.5  # skip a video whose face is found in fewer frames
+    min_frames: int = 25  # skip (or do not trim below) videos shorter than this
+
+    def __post_init__(self):
+        if self.mode not in ("video", "image"):
+            raise ConfigError(f"data.mode: {self.mode!r} is not one of video, image")
+        if self.sample_rate % self.fps:
+            raise ConfigError(f"data.sample_rate {self.sample_rate} is not a multiple of fps {self.fps}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole config tree that the CLI loads."""
 
     model: ModelConfig = ModelConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
+    data: DataConfig = DataConfig()
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

@@ -71,9 +71,7 @@ def probe(path: str | Path) -> VideoInfo:
         raise InputError(f"{path}: not a readable video ({type(e).__name__})") from None
 
 
-def _decoded(
-    path: Path, size: tuple[int, int] | None
-) -> Iterator[tuple[float, float, np.ndarray]]:
+def _decoded(path: Path, size: tuple[int, int] | None) -> Iterator[tuple[float, float, np.ndarray]]:
     """(time in seconds from the first frame, frame duration, RGB frame) in presentation order."""
     import av
 
@@ -155,7 +153,9 @@ class VideoWriter:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".mp4")
+        fd, tmp = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".mp4"
+        )
         os.close(fd)
         self._tmp = Path(tmp)
         self.fps = fps
@@ -181,7 +181,9 @@ class VideoWriter:
         if frames.ndim == 3:
             frames = frames[None]
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"expected uint8 frames (F, H, W, 3), got {frames.dtype} {frames.shape}")
+            raise ValueError(
+                f"expected uint8 frames (F, H, W, 3), got {frames.dtype} {frames.shape}"
+            )
         size = (frames.shape[2], frames.shape[1])
         if self._size is None:
             if size[0] % 2 or size[1] % 2:
@@ -205,7 +207,9 @@ class VideoWriter:
         if end <= self._samples_written:
             return
         chunk = np.clip(self._audio[self._samples_written : end], -1.0, 1.0)[None]
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(chunk), format="fltp", layout="mono"
+        )
         frame.sample_rate = self._sample_rate
         frame.pts = self._samples_written
         self._container.mux(self._audio_stream.encode(frame))

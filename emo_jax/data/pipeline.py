@@ -1,0 +1,104 @@
+"""The Grain pipeline that feeds training: shuffled, repeated, batched, sharded per JAX process,
+with a checkpointable iterator (`it.get_state()` / `it.set_state(state)`, or Orbax through
+`grain.checkpoint.CheckpointSave/CheckpointRestore`).
+
+Batches (B = data.batch_size / process_count, F = n_frames, n = n_motion_frames,
+m = audio_context, S = data.resolution, spf = sample_rate / fps = 640):
+
+mode "video" (stages 2 and 3):
+  "frames"         (B, F, S, S, 3) uint8 RGB   target frames (x / 127.5 - 1 gives [-1, 1])
+  "motion_frames"  (B, n, S, S, 3) uint8 RGB   the n frames just before the targets
+  "reference"      (B, S, S, 3)    uint8 RGB   a random other frame of the same video
+  "audio"          (B, (F + 2m) * spf) float32 16 kHz waveform of frames [t0 - m, t0 + F + m);
+                                               samples [j * spf, (j + 1) * spf) belong to frame
+                                               t0 - m + j; zeros beyond the video's ends
+  "mask"           (B, S, S) float32 0/1       union of the target frames' face boxes
+  "speed"          (B, F) float32              head rotation speed, degrees per frame
+mode "image" (stage 1): "frames" (B, 1, S, S, 3), "reference" and "mask" as above.
+
+No augmentation: the paper describes none.
+"""
+
+from __future__ import annotations
+
+import grain
+import numpy as np
+
+from emo_jax.config import DataConfig
+from emo_jax.data.source import ClipIndex, Corpus, FrameReader
+from emo_jax.errors import InputError
+
+
+class LoadExample(grain.transforms.RandomMap):
+    """Clip position -> training example (the reference frame is the random part)."""
+
+    def __init__(self, reader: FrameReader, cfg: DataConfig):
+        self.reader = reader
+        self.cfg = cfg
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        video, start = int(element["video"]), int(element["start"])
+        cfg, reader = self.cfg, self.reader
+        if cfg.mode == "image":
+            rec = reader.read(video, range(start, start + 1))
+            return {
+                "frames": reader.image(rec[0])[None],
+                "reference": reader.reference(video, range(start, start + 1), rng),
+                "mask": reader.mask(rec),
+            }
+        example = reader.clip(video, start, cfg.n_motion_frames, cfg.n_frames, cfg.audio_context)
+        t0 = start + cfg.n_motion_frames
+        example["reference"] = reader.reference(video, range(t0, t0 + cfg.n_frames), rng)
+        return example
+
+
+def _parse_absl_flags() -> None:
+    """Grain reads absl flags; outside an absl app they must be marked parsed once."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_loader(
+    cfg: DataConfig,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DataLoader:
+    """The training DataLoader for `cfg` (process index / count default to JAX's).
+
+    With `cfg.worker_count > 0` Grain spawns worker processes: call this under
+    `if __name__ == "__main__":` in scripts.
+    """
+    _parse_absl_flags()
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if cfg.batch_size % process_count:
+        raise InputError(
+            f"data.batch_size {cfg.batch_size} is not divisible by the {process_count} processes"
+        )
+    corpus = Corpus.load(cfg.shards)
+    length = 1 if cfg.mode == "image" else cfg.n_motion_frames + cfg.n_frames
+    index = ClipIndex(corpus, length, 1 if cfg.mode == "image" else cfg.clip_stride)
+    shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True)
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(index),
+        shard_options=shard,
+        shuffle=cfg.shuffle,
+        num_epochs=cfg.num_epochs,
+        seed=cfg.seed,
+    )
+    operations = [
+        LoadExample(FrameReader(corpus, cfg.resolution), cfg),
+        grain.transforms.Batch(cfg.batch_size // process_count, drop_remainder=True),
+    ]
+    return grain.DataLoader(
+        data_source=index,
+        sampler=sampler,
+        operations=operations,
+        worker_count=cfg.worker_count,
+        worker_buffer_size=cfg.worker_buffer_size,
+        read_options=grain.ReadOptions(num_threads=1, prefetch_buffer_size=64),
+    )

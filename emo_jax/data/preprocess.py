@@ -1,0 +1,284 @@
+"""Preprocessing a folder of talking-head videos into ArrayRecord shards for training.
+
+For each video: decode at `fps`; detect the face in every frame; fill and smooth the face
+track; one stable square crop around it, resized to `resolution`; head rotation speed per
+frame; the audio track at `sample_rate` (exactly sample_rate / fps samples per frame, zero-padded
+at the end if the audio is a little short). Output folder:
+
+  shards/<id>.array_record   one record per frame (emo_jax.data.records)
+  videos/<id>.json           the per-video result: done marker, or why it was skipped
+  manifest.json              settings, counts, the shard list, skipped and trimmed files
+
+Runs are resumable: a video whose result file matches the file's size, mtime and the settings is
+not processed again. Bad input (not a video, no audio track, no face, corrupt data) is reported
+in the manifest and the run goes on; a corrupt frame trims the video there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from emo_jax.audio.io import load_audio
+from emo_jax.checkpoint.torch_io import write_json
+from emo_jax.config import DataConfig
+from emo_jax.data import records
+from emo_jax.data.faces import fill_track, make_detector, stable_crop
+from emo_jax.data.pose import POSE_ESTIMATORS, integrate, speeds_from_omegas
+from emo_jax.data.video import CorruptVideoError, iter_frames, probe
+from emo_jax.errors import InputError
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
+MANIFEST_VERSION = 1
+DETECT_SIDE = 480  # frames are decoded at most this large (short side) for face detection
+POSE_SIDE = 128  # the crop is analysed for head rotation at this size
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What decides a video's output: a change re-processes it."""
+
+    resolution: int
+    fps: int
+    sample_rate: int
+    detector: str
+    pose: str
+    crop_scale: float
+    jpeg_quality: int
+    min_face_fraction: float
+    min_frames: int
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig) -> Settings:
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+
+def video_id(rel: Path) -> str:
+    """A file-name-safe id from the path relative to the videos folder."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", "__".join(rel.parts))
+
+
+def find_videos(videos_dir: Path) -> list[Path]:
+    """Video files under `videos_dir` (recursive, by extension, sorted)."""
+    if not videos_dir.is_dir():
+        raise InputError(f"{videos_dir}: videos folder not found")
+    return sorted(
+        p for p in videos_dir.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
+    )
+
+
+def _scaled_size(width: int, height: int, short: int) -> tuple[int, int] | None:
+    if min(width, height) <= short:
+        return None
+    s = short / min(width, height)
+    return 2 * round(width * s / 2), 2 * round(height * s / 2)
+
+
+def _detect(path: Path, settings: Settings, width: int, height: int):
+    """Face boxes (full-resolution pixels, None where no face) and the corruption note."""
+    detector = make_detector(settings.detector)
+    size = _scaled_size(width, height, DETECT_SIDE)
+    scale = 1.0 if size is None else width / size[0]
+    boxes, note = [], None
+    try:
+        for frame in iter_frames(path, settings.fps, size):
+            box = detector(frame)
+            boxes.append(None if box is None else box * scale)
+    except CorruptVideoError as e:
+        note = f"trimmed to {len(boxes)} frames: {e}"
+    return boxes, note
+
+
+def _frames_and_pose(path: Path, settings: Settings, n: int, crop, track: np.ndarray):
+    """JPEG crops, per-frame rotation vectors and boxes in crop pixels for the first n frames."""
+    x0, y0, side = crop
+    res = settings.resolution
+    estimator = POSE_ESTIMATORS[settings.pose]()
+    pose_scale = POSE_SIDE / side
+    jpegs, omegas, prev = [], [], None
+    for k, frame in enumerate(itertools.islice(iter_frames(path, settings.fps), n)):
+        patch = frame[y0 : y0 + side, x0 : x0 + side]
+        interp = cv2.INTER_AREA if side > res else cv2.INTER_LINEAR
+        jpegs.append(
+            records.encode_jpeg(
+                cv2.resize(patch, (res, res), interpolation=interp), settings.jpeg_quality
+            )
+        )
+        grey = cv2.cvtColor(
+            cv2.resize(patch, (POSE_SIDE, POSE_SIDE), interpolation=cv2.INTER_AREA),
+            cv2.COLOR_RGB2GRAY,
+        )
+        if prev is None:
+            omegas.append(np.zeros(3))
+        else:
+            box = (track[k - 1] - [x0, y0, x0, y0]) * pose_scale
+            omegas.append(estimator(prev, grey, box))
+        prev = grey
+    if len(jpegs) < n:
+        raise CorruptVideoError(
+            f"{path}: fewer frames on the second read ({len(jpegs)} < {n})", len(jpegs)
+        )
+    omegas = np.array(omegas)
+    if len(omegas) > 1:
+        omegas[0] = omegas[1]
+    boxes = np.clip((track[:n] - [x0, y0, x0, y0]) * (res / side), 0, res)
+    return jpegs, omegas, boxes
+
+
+def process_video(path: Path, vid: str, out_dir: Path, settings: Settings) -> dict:
+    """Preprocesses one video; returns its result (also written to videos/<id>.json)."""
+    stat = path.stat()
+    result = {
+        "id": vid,
+        "source": str(path),
+        "source_bytes": stat.st_size,
+        "source_mtime": stat.st_mtime,
+        "settings": dataclasses.asdict(settings),
+    }
+    try:
+        result.update(_process(path, vid, out_dir, settings))
+    except InputError as e:
+        result.update(status="skipped", reason=str(e))
+    except Exception as e:  # an unexpected failure on one file must not stop the run
+        result.update(status="skipped", reason=f"{path}: failed ({type(e).__name__}: {e})")
+    write_json(result, out_dir / "videos" / f"{vid}.json")
+    return result
+
+
+def _process(path: Path, vid: str, out_dir: Path, settings: Settings) -> dict:
+    info = probe(path)
+    if not info.has_audio:
+        raise InputError(f"{path}: has no audio track")
+    audio = load_audio(path, settings.sample_rate)
+    spf = settings.sample_rate // settings.fps
+    boxes, note = _detect(path, settings, info.width, info.height)
+    n = min(len(boxes), -(-len(audio) // spf))
+    if n < len(boxes) - 1:
+        note = (note + "; " if note else "") + f"audio ends at frame {n} of {len(boxes)}"
+    boxes = boxes[:n]
+    if n < settings.min_frames:
+        raise InputError(f"{path}: only {n} usable frames (< {settings.min_frames})")
+    found = sum(b is not None for b in boxes)
+    if found == 0:
+        raise InputError(f"{path}: no face detected")
+    if found < settings.min_face_fraction * n:
+        raise InputError(f"{path}: face found in only {found} of {n} frames")
+    track = fill_track(boxes)
+    crop = stable_crop(track, info.width, info.height, settings.crop_scale)
+    jpegs, omegas, crop_boxes = _frames_and_pose(path, settings, n, crop, track)
+    speeds = speeds_from_omegas(omegas)
+    angles = integrate(omegas)
+    audio = np.pad(audio[: n * spf], (0, max(0, n * spf - len(audio))))
+    recs = (
+        records.encode_frame(
+            jpegs[k], audio[k * spf : (k + 1) * spf], crop_boxes[k], speeds[k], angles[k], vid, k
+        )
+        for k in range(n)
+    )
+    shard = Path("shards") / f"{vid}.array_record"
+    records.write_shard(out_dir / shard, recs)
+    return {
+        "status": "ok",
+        "reason": None,
+        "trimmed": note,
+        "shard": str(shard),
+        "n_frames": n,
+        "source_size": [info.width, info.height],
+        "source_fps": info.fps,
+        "crop": list(crop),
+        "face_fraction": found / n,
+        "mean_speed": float(speeds.mean()),
+    }
+
+
+def _is_done(result_path: Path, path: Path, settings: Settings, out_dir: Path) -> dict | None:
+    """The stored result if it is still valid for this file and these settings."""
+    import json
+
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    stat = path.stat()
+    if (
+        result.get("source_bytes") != stat.st_size
+        or result.get("source_mtime") != stat.st_mtime
+        or result.get("settings") != dataclasses.asdict(settings)
+    ):
+        return None
+    if result.get("status") == "ok" and not (out_dir / result["shard"]).is_file():
+        return None
+    return result
+
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)
+
+
+def build_manifest(results: list[dict], settings: Settings, found: int) -> dict:
+    """The manifest from the per-video results (ordered by id, so indices are stable)."""
+    results = sorted(results, key=lambda r: r["id"])
+    ok = [r for r in results if r["status"] == "ok"]
+    return {
+        "version": MANIFEST_VERSION,
+        "settings": dataclasses.asdict(settings),
+        "samples_per_frame": settings.sample_rate // settings.fps,
+        "counts": {
+            "videos_found": found,
+            "videos_ok": len(ok),
+            "videos_skipped": len(results) - len(ok),
+            "videos_trimmed": sum(1 for r in ok if r.get("trimmed")),
+            "frames": sum(r["n_frames"] for r in ok),
+        },
+        "videos": [{"id": r["id"], "shard": r["shard"], "n_frames": r["n_frames"]} for r in ok],
+        "skipped": [
+            {"file": r["source"], "reason": r["reason"]} for r in results if r["status"] != "ok"
+        ],
+        "trimmed": [{"file": r["source"], "note": r["trimmed"]} for r in ok if r.get("trimmed")],
+    }
+
+
+def preprocess(
+    videos_dir: str | Path,
+    out_dir: str | Path,
+    cfg: DataConfig,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Preprocesses every video under `videos_dir` into `out_dir`; returns the manifest."""
+    from tqdm import tqdm
+
+    videos_dir, out_dir = Path(videos_dir), Path(out_dir)
+    settings = Settings.from_config(cfg)
+    paths = find_videos(videos_dir)
+    results, todo = [], []
+    for path in paths:
+        vid = video_id(path.relative_to(videos_dir))
+        done = _is_done(out_dir / "videos" / f"{vid}.json", path, settings, out_dir)
+        if done is None:
+            todo.append((path, vid))
+        else:
+            results.append(done)
+    bar = tqdm(total=len(todo), desc="preprocess", unit="video", disable=not progress)
+    if workers <= 1 or len(todo) <= 1:
+        for path, vid in todo:
+            results.append(process_video(path, vid, out_dir, settings))
+            bar.update()
+    else:
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+            futures = [pool.submit(process_video, p, v, out_dir, settings) for p, v in todo]
+            for fut in as_completed(futures):
+                results.append(fut.result())
+                bar.update()
+    bar.close()
+    manifest = build_manifest(results, settings, len(paths))
+    write_json(manifest, out_dir / "manifest.json")
+    return manifest

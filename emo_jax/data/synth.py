@@ -1,0 +1,526 @@
+"""Procedural synthetic talking-head corpus whose ground truth is known.
+
+Each identity (face shape, skin, hair, eyes, framing, background, voice) is drawn from its seed.
+A clip is speech-like audio, a mouth whose opening follows that audio's envelope, and a head
+that turns (yaw / pitch / roll) at known, varying speeds; it is written as `<name>.mp4`
+(H.264 + AAC, 25 fps), `<name>.wav` (16 kHz mono) and `<name>.json` (per-frame truth).
+
+The head is an ellipsoid; every facial feature is a polygon on its surface, rotated in 3-D and
+projected orthographically, so the truth (angles, face box, mouth) is exact by construction.
+Angles are degrees: yaw about the image's vertical axis, pitch about the horizontal, roll in the
+image plane. Speed of frame f = the angle of the rotation from frame f-1 to f (degrees per frame).
+The face box is the bounding box of the projected face (eyebrows to chin, cheek to cheek).
+
+The audio source is pluggable: `AUDIO_SOURCES[name](rng, n_frames, identity)` returns the
+waveform (n_frames * SAMPLES_PER_FRAME,) and the per-frame mouth opening in [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from emo_jax.data.pose import rotation, rotation_speed
+from emo_jax.data.video import FPS, VideoWriter
+
+SAMPLE_RATE = 16000
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
+_SHIFT = 4  # sub-pixel bits for cv2 drawing
+BROW_V, EYE_V, NOSE_V, MOUTH_V = -0.2, 0.02, 0.33, 0.55  # heights on the face, chin = 1
+_VOWELS = (  # formants F1, F2, F3 (Hz) and how open the mouth is
+    ((730, 1090, 2440), 1.0),  # a
+    ((530, 1840, 2480), 0.65),  # e
+    ((270, 2290, 3010), 0.3),  # i
+    ((570, 840, 2410), 0.75),  # o
+    ((300, 870, 2240), 0.35),  # u
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Everything that stays fixed for one person, drawn from a seed by `make_identity`."""
+
+    seed: int
+    head_axes: tuple[float, float, float]  # ellipsoid semi-axes (x, y, depth) / frame size
+    centre: tuple[float, float]  # head centre / frame size
+    skin: tuple[int, int, int]  # RGB
+    hair: tuple[int, int, int]
+    hairline: float  # top of the face, in units of the head's half height (negative = up)
+    brow: tuple[int, int, int]
+    iris: tuple[int, int, int]
+    lips: tuple[int, int, int]
+    clothes: tuple[int, int, int]
+    background: tuple[tuple[int, int, int], tuple[int, int, int]]
+    eye_gap: float  # half distance between the eyes / head half width
+    eye_size: float
+    mouth_width: float
+    freckles: tuple[tuple[float, float], ...]
+    f0: float  # voice pitch (Hz)
+    rate: float  # speaking rate factor
+    female: bool
+
+
+def _colour(rng: np.random.Generator, lo: tuple, hi: tuple) -> tuple[int, int, int]:
+    return tuple(int(v) for v in rng.integers(lo, hi))
+
+
+def make_identity(seed: int) -> Identity:
+    """A random but reproducible person."""
+    rng = np.random.default_rng([seed, 7])
+    tone = rng.uniform(0.25, 1.0)
+    skin = tuple(int(c) for c in np.array([95, 60, 40]) + tone * np.array([155, 150, 140]))
+    female = bool(rng.random() < 0.5)
+    hair_dark = rng.random() < 0.7
+    hair = (
+        _colour(rng, (15, 10, 5), (70, 50, 40))
+        if hair_dark
+        else _colour(rng, (140, 90, 40), (230, 190, 120))
+    )
+    scale = rng.uniform(0.85, 1.05)
+    bg = _colour(rng, (30, 30, 30), (225, 225, 225))
+    bg2 = tuple(int(np.clip(c + rng.integers(-70, 70), 0, 255)) for c in bg)
+    return Identity(
+        seed=seed,
+        head_axes=(0.24 * scale * rng.uniform(0.92, 1.05), 0.29 * scale, 0.25 * scale),
+        centre=(0.5 + rng.uniform(-0.06, 0.06), 0.44 + rng.uniform(-0.04, 0.04)),
+        skin=skin,
+        hair=hair,
+        hairline=rng.uniform(-0.7, -0.55),
+        brow=tuple(int(c * 0.6) for c in hair)
+        if hair_dark
+        else _colour(rng, (50, 35, 20), (90, 70, 50)),
+        iris=_colour(rng, (20, 20, 20), (120, 110, 90)),
+        lips=tuple(int(c) for c in np.array(skin) * np.array([0.75, 0.45, 0.45])),
+        clothes=_colour(rng, (0, 0, 0), (255, 255, 255)),
+        background=(bg, bg2),
+        eye_gap=rng.uniform(0.28, 0.32),
+        eye_size=rng.uniform(0.9, 1.15),
+        mouth_width=rng.uniform(0.24, 0.3),
+        freckles=tuple(
+            (float(u), float(v))
+            for u, v in rng.uniform([-0.6, -0.1], [0.6, 0.4], (int(rng.integers(0, 12)), 2))
+        ),
+        f0=rng.uniform(170, 250) if female else rng.uniform(90, 140),
+        rate=rng.uniform(0.85, 1.2),
+        female=female,
+    )
+
+
+# --------------------------------------------------------------------------- audio sources
+
+
+def _resonator(x: np.ndarray, freq: float, bandwidth: float) -> np.ndarray:
+    """A two-pole formant filter."""
+    from scipy.signal import lfilter
+
+    r = np.exp(-np.pi * bandwidth / SAMPLE_RATE)
+    a = [1.0, -2 * r * np.cos(2 * np.pi * freq / SAMPLE_RATE), r * r]
+    return lfilter([1 - r], a, x)
+
+
+def _envelope(n: int, attack: int, release: int) -> np.ndarray:
+    env = np.ones(n)
+    attack, release = min(attack, n // 2), min(release, n // 2)
+    env[:attack] = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, attack))
+    env[n - release :] = 0.5 + 0.5 * np.cos(np.linspace(0, np.pi, release))
+    return env
+
+
+def syllable_speech(
+    rng: np.random.Generator, n_frames: int, identity: Identity
+) -> tuple[np.ndarray, np.ndarray]:
+    """Speech-like audio: phrases of voiced syllables (glottal pulses through vowel formants,
+    some with a noise-burst consonant) with varying pitch and loudness, and pauses.
+
+    Returns the waveform (n_frames * 640,) and the mouth opening per frame: the mean over the
+    frame of vowel openness x loudness x syllable envelope (consonants barely open it).
+    """
+    n = n_frames * SAMPLES_PER_FRAME
+    wave = np.zeros(n + 12 * SAMPLE_RATE)  # room for the phrase that runs past the end
+    mouth = np.zeros_like(wave)
+    formant_scale = 1.15 if identity.female else 1.0
+    t = int(rng.uniform(0.15, 0.5) * SAMPLE_RATE)
+    while t < n:
+        f0 = identity.f0 * rng.uniform(0.9, 1.15)
+        for _word in range(int(rng.integers(2, 7))):
+            for syl in range(int(rng.integers(1, 4))):
+                stressed = syl == 0 and rng.random() < 0.6
+                loud = rng.uniform(0.75, 1.0) if stressed else rng.uniform(0.35, 0.75)
+                if rng.random() < 0.6:  # consonant onset: a short noise burst, mouth nearly shut
+                    m = int(rng.uniform(0.03, 0.08) * SAMPLE_RATE)
+                    burst = np.diff(rng.standard_normal(m + 1)) * _envelope(m, m // 4, m // 3)
+                    wave[t : t + m] += 0.15 * loud * burst
+                    mouth[t : t + m] = np.maximum(mouth[t : t + m], 0.08)
+                    t += m
+                m = int(rng.uniform(0.11, 0.26) / identity.rate * SAMPLE_RATE)
+                formants, openness = _VOWELS[int(rng.integers(len(_VOWELS)))]
+                pitch = (
+                    f0 * (1.2 if stressed else 1.0) * np.linspace(1.0, rng.uniform(0.85, 1.1), m)
+                )
+                phase = np.cumsum(pitch / SAMPLE_RATE)
+                x = 2 * (phase % 1.0) - 1  # sawtooth glottal source
+                for k, f in enumerate(formants):
+                    x = _resonator(x, f * formant_scale, 80 + 30 * k)
+                x /= np.sqrt(np.mean(x**2)) + 1e-9
+                env = _envelope(m, int(0.03 * SAMPLE_RATE), int(0.05 * SAMPLE_RATE)) * loud
+                wave[t : t + m] += 0.25 * x * env
+                mouth[t : t + m] = np.maximum(mouth[t : t + m], openness * env)
+                t += m
+                f0 *= rng.uniform(0.93, 1.03)  # declination with jitter
+            t += int(rng.uniform(0.0, 0.08) * SAMPLE_RATE)
+        t += int(rng.uniform(0.25, 0.8) * SAMPLE_RATE)  # pause between phrases
+    wave = wave[:n] + 1e-3 * rng.standard_normal(n)
+    wave *= 0.9 / max(1e-9, np.abs(wave).max())
+    per_frame = mouth[:n].reshape(n_frames, SAMPLES_PER_FRAME).mean(axis=1)
+    return wave.astype(np.float32), np.clip(per_frame, 0, 1).astype(np.float32)
+
+
+AudioSource = Callable[[np.random.Generator, int, Identity], tuple[np.ndarray, np.ndarray]]
+AUDIO_SOURCES: dict[str, AudioSource] = {"syllables": syllable_speech}
+
+
+# --------------------------------------------------------------------------- head motion
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter1d
+
+    x = gaussian_filter1d(rng.standard_normal(n), sigma, mode="wrap")
+    return x / (x.std() + 1e-9)
+
+
+def head_motion(rng: np.random.Generator, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Angles (F, 3) yaw, pitch, roll in degrees and head sway (F, 2) in head half-widths.
+
+    The speed changes between still, calm and lively stretches of 1-3 s.
+    """
+    levels = []
+    while len(levels) < n_frames:
+        levels += [rng.choice([0.05, 0.3, 0.7, 1.2])] * int(rng.integers(25, 75))
+    from scipy.ndimage import gaussian_filter1d
+
+    activity = gaussian_filter1d(np.array(levels[:n_frames]), 4)
+    limits = np.array([24.0, 12.0, 10.0])
+    angles = np.zeros((n_frames, 3))
+    theta = rng.uniform(-0.3, 0.3, 3) * limits
+    noise = np.stack([_smooth_noise(rng, n_frames, 5) for _ in range(3)], axis=1)
+    for f in range(n_frames):
+        theta = theta + activity[f] * noise[f] * np.array([1.3, 0.8, 0.6]) - 0.02 * theta
+        angles[f] = limits * np.tanh(theta / limits)
+    sway = np.stack([_smooth_noise(rng, n_frames, 12) for _ in range(2)], axis=1) * 0.04
+    return angles, sway
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def _on_face(uv: np.ndarray, axes: np.ndarray, bulge: np.ndarray | float = 0.0) -> np.ndarray:
+    """Frontal coordinates (N, 2) in head half-axes -> 3-D surface points (N, 3) in pixels."""
+    uv = np.asarray(uv, np.float64)
+    z = np.sqrt(np.clip(1 - (uv**2).sum(axis=1), 0.02, None)) + bulge
+    return np.stack([uv[:, 0] * axes[0], uv[:, 1] * axes[1], z * axes[2]], axis=1)
+
+
+def _ellipse(cu: float, cv: float, ru: float, rv: float, n: int = 16) -> np.ndarray:
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([cu + ru * np.cos(a), cv + rv * np.sin(a)], axis=1)
+
+
+class _Painter:
+    """Draws one identity's frames."""
+
+    def __init__(self, identity: Identity, size: int):
+        self.id = identity
+        self.size = size
+        self.axes = np.array(identity.head_axes) * size
+        top, bottom = np.array(identity.background[0]), np.array(identity.background[1])
+        ramp = np.linspace(0, 1, size)[:, None, None]
+        self.background = (top * (1 - ramp) + bottom * ramp).repeat(size, 1).astype(np.uint8)
+        rng = np.random.default_rng([identity.seed, 11])
+        for _ in range(3):  # a few soft blobs so the background is not flat
+            c = tuple(int(v) for v in rng.integers(0, 255, 3))
+            centre = tuple(int(v) for v in rng.integers(0, size, 2))
+            cv2.circle(self.background, centre, int(rng.uniform(0.1, 0.3) * size), c, -1)
+        self.background = cv2.GaussianBlur(self.background, (0, 0), size / 40)
+        half_w = 0.82  # the face is narrower than the head: hair shows at the sides
+        u = np.linspace(-half_w, half_w, 13)
+        hair_edge = np.stack([u, identity.hairline + 0.25 * u**2], axis=1)  # lower at the temples
+        a = np.linspace(0, np.pi, 17)
+        jaw = np.stack([half_w * np.cos(a), 0.2 + 0.78 * np.sin(a)], axis=1)
+        oval = np.concatenate([hair_edge, jaw])
+        mid = np.array([0.0, 0.25])
+        # shading: the face oval, then two smaller, lighter copies towards the middle
+        self.face_layers = [
+            (_on_face(mid + (oval - mid) * k, self.axes), light)
+            for k, light in ((1.0, 0.72), (0.86, 0.86), (0.7, 1.0))
+        ]
+        # the face box: bounding box of the forehead above the eyebrows, the cheeks and the chin
+        box_uv = np.concatenate([[[-0.7, BROW_V - 0.15], [0.7, BROW_V - 0.15]], jaw])
+        self.box_points = _on_face(box_uv, self.axes)
+
+    def _project(self, pts: np.ndarray, rot: np.ndarray, centre: np.ndarray) -> np.ndarray:
+        return (pts @ rot.T)[:, :2] + centre
+
+    def _fill(self, img, pts2d, colour) -> None:
+        p = np.round(pts2d * (1 << _SHIFT)).astype(np.int32)
+        cv2.fillPoly(img, [p], colour, cv2.LINE_AA, _SHIFT)
+
+    def _line(self, img, pts2d, colour, width) -> None:
+        p = np.round(pts2d * (1 << _SHIFT)).astype(np.int32)
+        cv2.polylines(img, [p], False, colour, max(1, int(round(width))), cv2.LINE_AA, _SHIFT)
+
+    def draw(
+        self, angles: np.ndarray, sway: np.ndarray, mouth_open: float, blink: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One RGB frame (S, S, 3) and its face box (4,) x0, y0, x1, y1 in pixels."""
+        idn, axes, s = self.id, self.axes, self.size
+        img = self.background.copy()
+        rot = rotation(*angles)
+        centre = np.array(idn.centre) * s + sway * axes[0]
+        proj = lambda pts: self._project(pts, rot, centre)  # noqa: E731
+        skin = np.array(idn.skin)
+        shade = tuple(int(c) for c in skin * 0.78)
+        # torso and neck (they do not turn with the head)
+        neck_x, neck_top = idn.centre[0] * s, centre[1] + 0.6 * axes[1]
+        w = axes[0] * 0.5
+        neck = np.array(
+            [[neck_x - w, neck_top], [neck_x + w, neck_top], [neck_x + w, s], [neck_x - w, s]]
+        )
+        self._fill(img, neck, shade)
+        top = centre[1] + 1.25 * axes[1]
+        torso = np.array(
+            [[neck_x - 2.6 * axes[0], s], [neck_x - 2.2 * axes[0], top + 0.25 * axes[1]],
+             [neck_x - w, top], [neck_x + w, top], [neck_x + 2.2 * axes[0], top + 0.25 * axes[1]],
+             [neck_x + 2.6 * axes[0], s]]
+        )  # fmt: skip
+        self._fill(img, torso, idn.clothes)
+        # head: silhouette of the rotated ellipsoid (hair colour), then the face oval (skin)
+        a_mat = rot @ np.diag(1 / (axes * np.array([1.06, 1.06, 1.06])) ** 2) @ rot.T
+        m = a_mat[:2, :2] - np.outer(a_mat[:2, 2], a_mat[2, :2]) / a_mat[2, 2]
+        evals, evecs = np.linalg.eigh(m)
+        ang = np.degrees(np.arctan2(evecs[1, 0], evecs[0, 0]))
+        half = 1 / np.sqrt(evals)
+        cv2.ellipse(
+            img,
+            ((centre[0], centre[1] - 0.04 * axes[1]), (2 * half[0], 2 * half[1]), ang),
+            idn.hair,
+            -1,
+            cv2.LINE_AA,
+        )
+        for pts, light in self.face_layers:
+            self._fill(img, proj(pts), tuple(int(c * light) for c in skin))
+        for u, v in idn.freckles:
+            p = proj(_on_face(_ellipse(u, v, 0.025, 0.02, 6), axes))
+            self._fill(img, p, shade)
+        # eyes: socket shadow, white, iris, pupil, lid line; eyebrows above
+        eye_r = 0.13 * idn.eye_size
+        socket = tuple(int(c) for c in skin * 0.62)
+        for side in (-1, 1):
+            cu = side * idn.eye_gap
+            self._fill(
+                img,
+                proj(_on_face(_ellipse(cu, EYE_V - 0.03, eye_r * 1.6, eye_r * 1.1), axes)),
+                socket,
+            )
+            open_v = eye_r * 0.45 * (1 - blink)
+            if open_v > 0.01:
+                self._fill(
+                    img, proj(_on_face(_ellipse(cu, EYE_V, eye_r, open_v), axes)), (205, 200, 195)
+                )
+                self._fill(
+                    img,
+                    proj(
+                        _on_face(
+                            _ellipse(cu, EYE_V, eye_r * 0.6, min(open_v, eye_r * 0.6), 12),
+                            axes,
+                            0.02,
+                        )
+                    ),
+                    idn.iris,
+                )
+                self._fill(
+                    img,
+                    proj(
+                        _on_face(
+                            _ellipse(cu, EYE_V, eye_r * 0.22, min(open_v, eye_r * 0.22), 8),
+                            axes,
+                            0.03,
+                        )
+                    ),
+                    (10, 10, 10),
+                )
+            lid = _ellipse(cu, EYE_V, eye_r * 1.05, open_v + 0.01, 16)[8:]
+            self._line(img, proj(_on_face(lid, axes, 0.01)), (30, 20, 20), s / 90)
+            u = cu + side * np.linspace(-0.17, 0.2, 6)
+            brow = np.stack([u, BROW_V - 0.08 * np.sin(np.linspace(0.3, 2.8, 6))], axis=1)
+            self._line(img, proj(_on_face(brow, axes, 0.02)), idn.brow, s / 35)
+        # nose: bridge shade, nostrils at the tip (which sticks out)
+        bridge = np.array([[0.03, EYE_V + 0.08], [0.06, 0.2], [0.1, 0.3], [0.0, NOSE_V + 0.02]])
+        bulge = np.array([0.02, 0.1, 0.2, 0.18])
+        self._line(img, proj(_on_face(bridge, axes, bulge)), shade, s / 60)
+        for side in (-1, 1):
+            nostril = _on_face(_ellipse(side * 0.08, NOSE_V, 0.045, 0.025, 8), axes, 0.12)
+            self._fill(img, proj(nostril), tuple(int(c * 0.45) for c in skin))
+        # mouth: lips around an opening whose height is the mouth opening
+        mw, opening = idn.mouth_width, 0.02 + 0.2 * mouth_open
+        a = np.linspace(0, np.pi, 9)
+        upper = np.stack([-np.cos(a) * mw, MOUTH_V - 0.05 - opening / 2 - 0.03 * np.sin(a)], axis=1)
+        lower = np.stack([np.cos(a) * mw, MOUTH_V + 0.05 + opening / 2 + 0.05 * np.sin(a)], axis=1)
+        self._fill(img, proj(_on_face(np.concatenate([upper, lower]), axes, 0.06)), idn.lips)
+        inner = _ellipse(0, MOUTH_V, mw * 0.8, opening / 2 + 0.005, 14)
+        self._fill(img, proj(_on_face(inner, axes, 0.06)), (60, 15, 20))
+        if mouth_open > 0.3:
+            teeth = _ellipse(0, MOUTH_V - opening / 2 + 0.02, mw * 0.6, 0.025, 10)
+            self._fill(img, proj(_on_face(teeth, axes, 0.06)), (240, 240, 235))
+        box_pts = proj(self.box_points)
+        box = np.concatenate([box_pts.min(axis=0), box_pts.max(axis=0)])
+        return img, np.clip(box, 0, s)
+
+
+def _blinks(rng: np.random.Generator, n_frames: int) -> np.ndarray:
+    blink = np.zeros(n_frames)
+    f = int(rng.integers(10, 80))
+    while f < n_frames:
+        blink[f : f + 3] = (0.6, 1.0, 0.5)[: max(0, min(3, n_frames - f))]
+        f += int(rng.integers(50, 150))
+    return blink
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """A rendered clip and its truth."""
+
+    frames: np.ndarray  # (F, S, S, 3) uint8 RGB
+    audio: np.ndarray  # (F * 640,) float32
+    mouth: np.ndarray  # (F,) opening in [0, 1]
+    angles: np.ndarray  # (F, 3) yaw, pitch, roll (degrees)
+    speed: np.ndarray  # (F,) degrees per frame
+    boxes: np.ndarray  # (F, 4) x0, y0, x1, y1 (pixels)
+
+
+def render_clip(
+    identity: Identity, seconds: float, size: int, seed: int, audio_source: str = "syllables"
+) -> Clip:
+    """Renders one clip of `identity`; the same arguments give the same clip."""
+    if audio_source not in AUDIO_SOURCES:
+        raise ValueError(
+            f"unknown audio source {audio_source!r} (known: {', '.join(AUDIO_SOURCES)})"
+        )
+    n_frames = max(1, int(round(seconds * FPS)))
+    rng = np.random.default_rng([identity.seed, seed])
+    audio, mouth = AUDIO_SOURCES[audio_source](rng, n_frames, identity)
+    angles, sway = head_motion(rng, n_frames)
+    blink = _blinks(rng, n_frames)
+    painter = _Painter(identity, size)
+    frames = np.empty((n_frames, size, size, 3), np.uint8)
+    boxes = np.empty((n_frames, 4))
+    for f in range(n_frames):
+        frames[f], boxes[f] = painter.draw(angles[f], sway[f], mouth[f], blink[f])
+    return Clip(frames, audio, mouth, angles, rotation_speed(angles), boxes)
+
+
+def truth_json(clip: Clip, identity: Identity) -> dict:
+    """The per-frame ground truth as a JSON-able dict."""
+    r = lambda x: np.round(np.asarray(x, np.float64), 3).tolist()  # noqa: E731
+    return {
+        "fps": FPS,
+        "sample_rate": SAMPLE_RATE,
+        "size": list(clip.frames.shape[1:3]),
+        "n_frames": len(clip.frames),
+        "identity": dataclasses.asdict(identity),
+        "angle_order": ["yaw", "pitch", "roll"],
+        "box_format": "x0 y0 x1 y1 pixels",
+        "frames": {
+            "mouth_open": r(clip.mouth),
+            "angles": r(clip.angles),
+            "speed": r(clip.speed),
+            "box": r(clip.boxes),
+        },
+    }
+
+
+def write_clip(
+    out_dir: str | Path,
+    name: str,
+    identity_seed: int,
+    clip_seed: int,
+    seconds: float,
+    size: int,
+    audio_source: str = "syllables",
+) -> Path:
+    """Renders and writes `<name>.mp4`, `.wav`, `.json` (the mp4 last, atomically); returns it."""
+    import soundfile as sf
+
+    from emo_jax.checkpoint.torch_io import atomic_write, write_json
+
+    out_dir = Path(out_dir)
+    identity = make_identity(identity_seed)
+    clip = render_clip(identity, seconds, size, clip_seed, audio_source)
+    write_json(truth_json(clip, identity), out_dir / f"{name}.json")
+    atomic_write(
+        out_dir / f"{name}.wav",
+        lambda tmp: sf.write(str(tmp), clip.audio, SAMPLE_RATE, format="WAV", subtype="PCM_16"),
+    )
+    with VideoWriter(
+        out_dir / f"{name}.mp4", audio=clip.audio, sample_rate=SAMPLE_RATE, threads=1
+    ) as w:
+        w.write(clip.frames)
+    return out_dir / f"{name}.mp4"
+
+
+def load_truth(path: str | Path) -> dict:
+    """Reads a clip's ground-truth JSON."""
+    return json.loads(Path(path).read_text())
+
+
+def make_corpus(
+    out_dir: str | Path,
+    identities: int,
+    seconds: float,
+    size: int = 128,
+    clips: int = 1,
+    seed: int = 0,
+    workers: int = 1,
+    audio_source: str = "syllables",
+    progress: bool = True,
+) -> list[Path]:
+    """Writes `identities` x `clips` clips named `id<NNNN>_clip<NN>`; returns the mp4 paths.
+
+    The same arguments give the same files; clips already present are kept.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    from emo_jax.errors import InputError
+
+    if size % 2 or size < 32:
+        raise InputError(f"--size {size}: must be even and at least 32")
+    if audio_source not in AUDIO_SOURCES:
+        raise InputError(
+            f"unknown audio source {audio_source!r} (known: {', '.join(AUDIO_SOURCES)})"
+        )
+    out_dir = Path(out_dir)
+    jobs = [
+        (out_dir, f"id{i:04d}_clip{c:02d}", seed * 1_000_003 + i, c, seconds, size, audio_source)
+        for i in range(identities)
+        for c in range(clips)
+    ]
+    todo = [j for j in jobs if not (out_dir / f"{j[1]}.mp4").is_file()]
+    bar = tqdm(total=len(todo), desc="synth", unit="clip", disable=not progress)
+    if workers <= 1 or len(todo) <= 1:
+        for job in todo:
+            write_clip(*job)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for _ in pool.map(write_clip, *zip(*todo)):
+                bar.update()
+    bar.close()
+    return [out_dir / f"{j[1]}.mp4" for j in jobs]
