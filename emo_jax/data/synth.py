@@ -18,6 +18,7 @@ waveform (n_frames * SAMPLES_PER_FRAME,) and the per-frame mouth opening in [0, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 BROW_V, EYE_V, NOSE_V, MOUTH_V = -0.2, 0.02, 0.33, 0.55  # heights on the face, chin = 1
+EYE_R = 0.13  # eye half width / head half width
 _VOWELS = (  # formants F1, F2, F3 (Hz) and how open the mouth is
     ((730, 1090, 2440), 1.0),  # a
     ((530, 1840, 2480), 0.65),  # e
@@ -168,7 +170,7 @@ def syllable_speech(
                     x = _resonator(x, f * formant_scale, 80 + 30 * k)
                 x /= np.sqrt(np.mean(x**2)) + 1e-9
                 env = _envelope(m, int(0.03 * SAMPLE_RATE), int(0.05 * SAMPLE_RATE)) * loud
-                wave[t : t + m] += 0.25 * x * env
+                wave[t : t + m] += 0.25 * (0.4 + 0.6 * openness) * x * env  # open vowels are louder
                 mouth[t : t + m] = np.maximum(mouth[t : t + m], openness * env)
                 t += m
                 f0 *= rng.uniform(0.93, 1.03)  # declination with jitter
@@ -226,9 +228,14 @@ def _on_face(uv: np.ndarray, axes: np.ndarray, bulge: np.ndarray | float = 0.0) 
     return np.stack([uv[:, 0] * axes[0], uv[:, 1] * axes[1], z * axes[2]], axis=1)
 
 
-def _ellipse(cu: float, cv: float, ru: float, rv: float, n: int = 16) -> np.ndarray:
+@functools.lru_cache(maxsize=None)
+def _circle(n: int) -> np.ndarray:
     a = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    return np.stack([cu + ru * np.cos(a), cv + rv * np.sin(a)], axis=1)
+    return np.stack([np.cos(a), np.sin(a)], axis=1)
+
+
+def _ellipse(cu: float, cv: float, ru: float, rv: float, n: int = 16) -> np.ndarray:
+    return _circle(n) * (ru, rv) + (cu, cv)
 
 
 class _Painter:
@@ -259,6 +266,32 @@ class _Painter:
             (_on_face(mid + (oval - mid) * k, self.axes), light)
             for k, light in ((1.0, 0.72), (0.86, 0.86), (0.7, 1.0))
         ]
+        skin = np.array(identity.skin)
+        shade = tuple(int(c) for c in skin * 0.78)
+        parts = [
+            (pts, tuple(int(c * light) for c in skin), None) for pts, light in self.face_layers
+        ]
+        for u, v in identity.freckles:
+            parts.append((_on_face(_ellipse(u, v, 0.025, 0.02, 6), self.axes), shade, None))
+        eye_r = EYE_R * identity.eye_size
+        for side in (-1, 1):
+            cu = side * identity.eye_gap
+            socket = _ellipse(cu, EYE_V - 0.03, eye_r * 1.6, eye_r * 1.1)
+            parts.append((_on_face(socket, self.axes), tuple(int(c) for c in skin * 0.62), None))
+            u = cu + side * np.linspace(-0.17, 0.2, 6)
+            brow = np.stack([u, BROW_V - 0.08 * np.sin(np.linspace(0.3, 2.8, 6))], axis=1)
+            parts.append((_on_face(brow, self.axes, 0.02), identity.brow, size / 35))
+        bridge = np.array([[0.03, EYE_V + 0.08], [0.06, 0.2], [0.1, 0.3], [0.0, NOSE_V + 0.02]])
+        bulge = np.array([0.02, 0.1, 0.2, 0.18])
+        parts.append((_on_face(bridge, self.axes, bulge), shade, size / 60))
+        for side in (-1, 1):
+            nostril = _on_face(_ellipse(side * 0.08, NOSE_V, 0.045, 0.025, 8), self.axes, 0.12)
+            parts.append((nostril, tuple(int(c * 0.45) for c in skin), None))
+        # everything that only moves with the head, projected in one go per frame
+        self.static_points = np.concatenate([p[0] for p in parts])
+        ends = np.cumsum([len(p[0]) for p in parts])
+        self.static_slices = list(zip(np.concatenate([[0], ends[:-1]]), ends))
+        self.static_style = [(p[1], p[2]) for p in parts]
         # the face box: bounding box of the forehead above the eyebrows, the cheeks and the chin
         box_uv = np.concatenate([[[-0.7, BROW_V - 0.15], [0.7, BROW_V - 0.15]], jaw])
         self.box_points = _on_face(box_uv, self.axes)
@@ -312,60 +345,27 @@ class _Painter:
             -1,
             cv2.LINE_AA,
         )
-        for pts, light in self.face_layers:
-            self._fill(img, proj(pts), tuple(int(c * light) for c in skin))
-        for u, v in idn.freckles:
-            p = proj(_on_face(_ellipse(u, v, 0.025, 0.02, 6), axes))
-            self._fill(img, p, shade)
-        # eyes: socket shadow, white, iris, pupil, lid line; eyebrows above
-        eye_r = 0.13 * idn.eye_size
-        socket = tuple(int(c) for c in skin * 0.62)
+        flat = proj(self.static_points)
+        for (lo, hi), colour, width in zip(self.static_slices, *zip(*self.static_style)):
+            if width is None:
+                self._fill(img, flat[lo:hi], colour)
+            else:
+                self._line(img, flat[lo:hi], colour, width)
+        # eyes: white, iris, pupil (they close when blinking), lid line
+        eye_r = EYE_R * idn.eye_size
+        open_v = eye_r * 0.45 * (1 - blink)
         for side in (-1, 1):
             cu = side * idn.eye_gap
-            self._fill(
-                img,
-                proj(_on_face(_ellipse(cu, EYE_V - 0.03, eye_r * 1.6, eye_r * 1.1), axes)),
-                socket,
-            )
-            open_v = eye_r * 0.45 * (1 - blink)
             if open_v > 0.01:
-                self._fill(
-                    img, proj(_on_face(_ellipse(cu, EYE_V, eye_r, open_v), axes)), (205, 200, 195)
-                )
-                self._fill(
-                    img,
-                    proj(
-                        _on_face(
-                            _ellipse(cu, EYE_V, eye_r * 0.6, min(open_v, eye_r * 0.6), 12),
-                            axes,
-                            0.02,
-                        )
-                    ),
-                    idn.iris,
-                )
-                self._fill(
-                    img,
-                    proj(
-                        _on_face(
-                            _ellipse(cu, EYE_V, eye_r * 0.22, min(open_v, eye_r * 0.22), 8),
-                            axes,
-                            0.03,
-                        )
-                    ),
-                    (10, 10, 10),
-                )
+                for r, bulge, colour in (
+                    (1, 0, (205, 200, 195)),
+                    (0.6, 0.02, idn.iris),
+                    (0.22, 0.03, (10, 10, 10)),
+                ):
+                    eye = _ellipse(cu, EYE_V, eye_r * r, min(open_v, eye_r * r), 12)
+                    self._fill(img, proj(_on_face(eye, axes, bulge)), colour)
             lid = _ellipse(cu, EYE_V, eye_r * 1.05, open_v + 0.01, 16)[8:]
             self._line(img, proj(_on_face(lid, axes, 0.01)), (30, 20, 20), s / 90)
-            u = cu + side * np.linspace(-0.17, 0.2, 6)
-            brow = np.stack([u, BROW_V - 0.08 * np.sin(np.linspace(0.3, 2.8, 6))], axis=1)
-            self._line(img, proj(_on_face(brow, axes, 0.02)), idn.brow, s / 35)
-        # nose: bridge shade, nostrils at the tip (which sticks out)
-        bridge = np.array([[0.03, EYE_V + 0.08], [0.06, 0.2], [0.1, 0.3], [0.0, NOSE_V + 0.02]])
-        bulge = np.array([0.02, 0.1, 0.2, 0.18])
-        self._line(img, proj(_on_face(bridge, axes, bulge)), shade, s / 60)
-        for side in (-1, 1):
-            nostril = _on_face(_ellipse(side * 0.08, NOSE_V, 0.045, 0.025, 8), axes, 0.12)
-            self._fill(img, proj(nostril), tuple(int(c * 0.45) for c in skin))
         # mouth: lips around an opening whose height is the mouth opening
         mw, opening = idn.mouth_width, 0.02 + 0.2 * mouth_open
         a = np.linspace(0, np.pi, 9)
