@@ -338,12 +338,44 @@ class AudioConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TemporalConfig:
+    """AnimateDiff motion modules (diffusers `MotionAdapter` field names)."""
+
+    motion_num_attention_heads: int | tuple[int, ...] = 8
+    motion_norm_num_groups: int = 32
+    motion_max_seq_length: int = 32  # positional encodings: n motion + f frames must fit
+    motion_transformer_layers_per_block: int = 1
+    use_motion_mid_block: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EMOConfig:
+    """What EMO adds to the SD1.5 UNet, and which parts are switched on (the stages)."""
+
+    use_temporal: bool = True  # temporal modules with motion frames (stages 2, 3)
+    use_audio: bool = True  # audio projection + audio-attention (stages 2, 3)
+    use_speed: bool = True  # speed encoder + speed attention in the temporal modules (stage 3)
+    use_face_locator: bool = True
+    temporal: TemporalConfig = TemporalConfig()
+    n_motion_frames: int = 4  # n (paper)
+    n_frames: int = 12  # f (paper)
+    face_locator_channels: tuple[int, ...] = (16, 32, 96, 256)  # 3 stride-2 steps: 8x down
+    speed_centers: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6)
+    speed_radii: tuple[float, ...] = (0.1,) * 9  # r_i of the tanh bucket encoding
+    speed_window: int = 2  # m: frame f sees the speed encodings of f-m .. f+m
+    speed_hidden_dim: int = 256
+    speed_embed_dim: int = 768  # l: width of the speed tokens
+    remat: bool = False  # rematerialise each UNet block in the backward pass
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The networks: SD1.5 UNet (backbone and ReferenceNet) and VAE."""
 
     unet: UNetConfig = UNetConfig()
     vae: VAEConfig = VAEConfig()
     audio: AudioConfig = AudioConfig()
+    emo: EMOConfig = EMOConfig()
     dtype: str = "float32"  # compute dtype; params stay float32
 
 

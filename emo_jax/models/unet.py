@@ -15,11 +15,14 @@ import jax
 import jax.numpy as jnp
 
 from emo_jax.checkpoint import pretrained
-from emo_jax.config import UNetConfig
+from emo_jax.config import TemporalConfig, UNetConfig
 from emo_jax.nn.activations import get_activation
 from emo_jax.nn.embeddings import TimestepEmbedding, timestep_embedding
 from emo_jax.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D, conv, group_norm
+from emo_jax.nn.temporal import TemporalTransformer
 from emo_jax.nn.transformer import Transformer2DModel
+
+MOTION = "motion"  # the collection ReferenceNet writes its motion-frame features to
 
 DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
@@ -128,17 +131,25 @@ def block_specs(
 
 
 class UNetBlock(nn.Module):
-    """A down, mid or up block: resnet (+ spatial transformer) per layer, then resampling.
+    """A down, mid or up block: per layer a resnet, a spatial transformer (if the block has
+    attention) and a temporal module (if `temporal`), then resampling.
 
     Down blocks return (x, skips); up blocks consume their skips; the mid block has one more
-    resnet than attentions. Names follow diffusers: `resnets_i`, `attentions_i`,
-    `downsamplers_0` / `upsamplers_0`.
+    resnet than attentions. Names follow diffusers (`resnets_i`, `attentions_i`,
+    `motion_modules_i`, `downsamplers_0` / `upsamplers_0`). With `write_reference` (ReferenceNet)
+    the input of every temporal position is recorded as motion features (`MOTION`).
     """
 
     kind: str  # "down" | "mid" | "up"
     spec: BlockSpec
     cfg: UNetConfig
     write_reference: bool = False
+    temporal: TemporalConfig | None = None
+    temporal_heads: int = 8
+    speed: bool = False
+    zero_init_cross_out: bool = False
+    num_frames: int = 1
+    upsample_size: tuple[int, int] | None = None
     dtype: Any = jnp.float32
 
     def resnet(self, i: int, x: jax.Array, temb: jax.Array) -> jax.Array:
@@ -154,7 +165,7 @@ class UNetBlock(nn.Module):
             name=f"resnets_{i}",
         )(x, temb)
 
-    def attention(self, i: int, x: jax.Array, context, references, num_frames: int) -> jax.Array:
+    def attention(self, i: int, x: jax.Array, context, references, reference_keep) -> jax.Array:
         cfg, spec = self.cfg, self.spec
         name = f"attentions_{i}"
         return Transformer2DModel(
@@ -166,9 +177,42 @@ class UNetBlock(nn.Module):
             cross_attention=cfg.cross_attention_dim is not None,
             only_cross_attention=spec.only_cross_attention,
             write_reference=self.write_reference,
+            zero_init_cross_out=self.zero_init_cross_out,
             dtype=self.dtype,
             name=name,
-        )(x, context, None if references is None else references[name], num_frames)
+        )(
+            x,
+            context,
+            None if references is None else references[name],
+            self.num_frames,
+            reference_keep,
+        )
+
+    def motion_module(self, i: int, x: jax.Array, motion, speed_tokens) -> jax.Array:
+        """Temporal module i, with the motion frames' features prepended along the frame axis."""
+        if self.write_reference:
+            self.sow(MOTION, f"motion_{i}", x)
+        if self.temporal is None:
+            return x
+        f = self.num_frames
+        b = x.shape[0] // f
+        n = 0
+        if motion is not None:
+            m = motion[f"motion_{i}"]
+            n = m.shape[0] // b
+            x = jnp.concatenate(
+                [m.astype(x.dtype).reshape(b, n, *m.shape[1:]), x.reshape(b, f, *x.shape[1:])], 1
+            ).reshape(b * (n + f), *x.shape[1:])  # (B*(n+F), H, W, C)
+        x = TemporalTransformer(
+            self.temporal_heads,
+            num_layers=self.temporal.motion_transformer_layers_per_block,
+            norm_num_groups=self.temporal.motion_norm_num_groups,
+            max_positions=self.temporal.motion_max_seq_length,
+            speed=self.speed,
+            dtype=self.dtype,
+            name=f"motion_modules_{i}",
+        )(x, n + f, speed_tokens, n)
+        return x.reshape(b, n + f, *x.shape[1:])[:, n:].reshape(b * f, *x.shape[1:])
 
     @nn.compact
     def __call__(
@@ -177,15 +221,17 @@ class UNetBlock(nn.Module):
         temb: jax.Array,
         context: jax.Array | None = None,
         references: dict | None = None,
-        num_frames: int = 1,
+        reference_keep: jax.Array | None = None,
+        motion: dict | None = None,
+        speed_tokens: jax.Array | None = None,
         skips: tuple[jax.Array, ...] = (),
-        upsample_size: tuple[int, int] | None = None,
     ):
         spec = self.spec
         if self.kind == "mid":
             x = self.resnet(0, x, temb)
             if spec.attention:
-                x = self.attention(0, x, context, references, num_frames)
+                x = self.attention(0, x, context, references, reference_keep)
+            x = self.motion_module(0, x, motion, speed_tokens)
             return self.resnet(1, x, temb)
         outputs = []
         for i in range(spec.num_layers):
@@ -193,7 +239,8 @@ class UNetBlock(nn.Module):
                 x = jnp.concatenate([x, skips[-1 - i]], axis=-1)  # (B, H, W, C + C_skip)
             x = self.resnet(i, x, temb)
             if spec.attention:
-                x = self.attention(i, x, context, references, num_frames)
+                x = self.attention(i, x, context, references, reference_keep)
+            x = self.motion_module(i, x, motion, speed_tokens)
             outputs.append(x)
         if spec.resample and self.kind == "down":
             x = Downsample2D(
@@ -201,15 +248,33 @@ class UNetBlock(nn.Module):
             )(x)
             outputs.append(x)
         if spec.resample and self.kind == "up":
-            x = Upsample2D(spec.out_channels, self.dtype, name="upsamplers_0")(x, upsample_size)
+            x = Upsample2D(spec.out_channels, self.dtype, name="upsamplers_0")(
+                x, self.upsample_size
+            )
         return (x, tuple(outputs)) if self.kind == "down" else x
 
 
 class UNet2DConditionModel(nn.Module):
-    """SD UNet: (B, H, W, C) latents, timesteps (B,) or scalar, context (B, S, D) -> (B, H, W, C)."""
+    """SD UNet: (B, H, W, C) latents, timesteps (B,) or scalar, context (B, S, D) -> (B, H, W, C).
+
+    EMO options (all off for the plain SD UNet):
+      write_reference: ReferenceNet: record the spatial transformers' self-attention inputs
+        (`REFERENCE`) and the temporal positions' features (`MOTION`); the output head
+        (`conv_norm_out`, `conv_out`), which nothing reads, is not built.
+      temporal / speed: backbone temporal modules (AnimateDiff), with the speed layer.
+      zero_init_cross_out: the cross-attention (audio-attention) output starts at zero.
+      remat: rematerialise every block in the backward pass.
+    Call inputs for video: frames folded into the batch (B*F, H, W, C) with `num_frames=F`;
+    `references` / `motion` from a ReferenceNet run; `speed_tokens` (B, F, L);
+    `sample_residual` (B*F, H, W, C0) added after `conv_in` (face locator).
+    """
 
     config: UNetConfig
     write_reference: bool = False
+    temporal: TemporalConfig | None = None
+    speed: bool = False
+    zero_init_cross_out: bool = False
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -220,9 +285,19 @@ class UNet2DConditionModel(nn.Module):
         encoder_hidden_states: jax.Array | None = None,
         references: dict | None = None,
         num_frames: int = 1,
+        reference_keep: jax.Array | None = None,
+        motion: dict | None = None,
+        speed_tokens: jax.Array | None = None,
+        sample_residual: jax.Array | None = None,
     ) -> jax.Array:
         cfg = self.config
         down_specs, mid_spec, up_specs = block_specs(cfg)
+        n_blocks = len(cfg.block_out_channels)
+        theads = (
+            _per_block(self.temporal.motion_num_attention_heads, n_blocks)
+            if self.temporal
+            else (8,) * n_blocks
+        )
         batch = sample.shape[0]
         sample = sample.astype(self.dtype)
         if cfg.center_input_sample:
@@ -243,26 +318,51 @@ class UNet2DConditionModel(nn.Module):
         context = encoder_hidden_states
         if context is not None:
             context = context.astype(self.dtype)
-        refs = lambda name: None if references is None else references[name]  # noqa: E731
-        block = lambda kind, spec, name: UNetBlock(  # noqa: E731
-            kind, spec, cfg, self.write_reference, self.dtype, name=name
-        )
+        sub = lambda tree, name: None if tree is None else tree.get(name)  # noqa: E731
+        block_cls = nn.remat(UNetBlock) if self.remat else UNetBlock
+
+        def block(kind, spec, name, heads, x, skips=(), size=None):
+            return block_cls(
+                kind,
+                spec,
+                cfg,
+                write_reference=self.write_reference,
+                temporal=self.temporal
+                if kind != "mid" or self.temporal is None or self.temporal.use_motion_mid_block
+                else None,
+                temporal_heads=heads,
+                speed=self.speed,
+                zero_init_cross_out=self.zero_init_cross_out,
+                num_frames=num_frames,
+                upsample_size=size,
+                dtype=self.dtype,
+                name=name,
+            )(
+                x,
+                emb,
+                context,
+                sub(references, name),
+                reference_keep,
+                sub(motion, name),
+                speed_tokens,
+                skips,
+            )
 
         x = conv(cfg.block_out_channels[0], cfg.conv_in_kernel, self.dtype, "conv_in")(sample)
+        if sample_residual is not None:
+            x = x + sample_residual.astype(self.dtype)
         skips = [x]
         for i, spec in enumerate(down_specs):
-            x, out = block("down", spec, f"down_blocks_{i}")(
-                x, emb, context, refs(f"down_blocks_{i}"), num_frames
-            )
+            x, out = block("down", spec, f"down_blocks_{i}", theads[i], x)
             skips.extend(out)
         if mid_spec is not None:
-            x = block("mid", mid_spec, "mid_block")(x, emb, context, refs("mid_block"), num_frames)
+            x = block("mid", mid_spec, "mid_block", theads[-1], x)
         for i, spec in enumerate(up_specs):
             own, skips = skips[-spec.num_layers :], skips[: -spec.num_layers]
-            size = skips[-1].shape[1:3] if skips else None
-            x = block("up", spec, f"up_blocks_{i}")(
-                x, emb, context, refs(f"up_blocks_{i}"), num_frames, tuple(own), size
-            )
+            size = tuple(skips[-1].shape[1:3]) if skips else None
+            x = block("up", spec, f"up_blocks_{i}", theads[::-1][i], x, tuple(own), size)
+        if self.write_reference:
+            return x
         if cfg.norm_num_groups is not None:
             x = group_norm(cfg.norm_num_groups, cfg.norm_eps, self.dtype, "conv_norm_out")(x)
             x = get_activation(cfg.act_fn)(x)

@@ -30,7 +30,10 @@ class Attention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, context: jax.Array | None = None, kv_mask: jax.Array | None = None
+    ) -> jax.Array:
+        """`kv_mask` (B, S) bool: False keys are not attended to."""
         residual = x
         shape = x.shape
         channels = shape[-1]
@@ -50,7 +53,8 @@ class Attention(nn.Module):
         k = dense("to_k", self.bias)(context)
         v = dense("to_v", self.bias)(context)
         split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, self.dim_head)  # noqa: E731
-        out = jax.nn.dot_product_attention(split(q), split(k), split(v))  # (B, T, heads, dim_head)
+        mask = None if kv_mask is None else kv_mask[:, None, None, :]  # (B, 1, 1, S)
+        out = jax.nn.dot_product_attention(split(q), split(k), split(v), mask=mask)
         out = out.reshape(out.shape[0], out.shape[1], inner)
         out = nn.Dense(
             channels,

@@ -5,6 +5,7 @@ self-attention's keys and values (reference-attention)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -15,6 +16,15 @@ from emo_jax.nn.attention import Attention
 from emo_jax.nn.resnet import conv, group_norm
 
 REFERENCE = "reference"  # the collection ReferenceNet blocks write their tokens to
+
+
+def sinusoidal_positions(length: int, dim: int) -> jax.Array:
+    """(length, dim) sin/cos table of diffusers' `SinusoidalPositionalEmbedding` (AnimateDiff)."""
+    position = jnp.arange(length, dtype=jnp.float32)[:, None]
+    div = jnp.exp(jnp.arange(0, dim, 2, dtype=jnp.float32) * (-math.log(10000.0) / dim))
+    pe = jnp.zeros((length, dim), jnp.float32)
+    pe = pe.at[:, 0::2].set(jnp.sin(position * div))
+    return pe.at[:, 1::2].set(jnp.cos(position * div))
 
 
 def layer_norm(eps: float, dtype: Any, name: str) -> nn.LayerNorm:
@@ -60,7 +70,9 @@ class BasicTransformerBlock(nn.Module):
 
     `write_reference`: record norm1's output (ReferenceNet). `reference`: (B, S, C) tokens of
     the ReferenceNet twin, appended to attn1's keys/values for every frame (backbone).
-    `cross_attention`: False drops norm2/attn2 (a block with nothing to cross-attend to).
+    `cross_attention`: False drops norm2/attn2 (a block with nothing to cross-attend to); with
+    no `context`, attn2 is a second self-attention (AnimateDiff's temporal blocks).
+    `max_positions`: sinusoidal positions are added before attn1 and attn2 (temporal blocks).
     """
 
     dim: int
@@ -70,6 +82,7 @@ class BasicTransformerBlock(nn.Module):
     only_cross_attention: bool = False
     write_reference: bool = False
     zero_init_cross_out: bool = False
+    max_positions: int | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -79,26 +92,43 @@ class BasicTransformerBlock(nn.Module):
         context: jax.Array | None = None,
         reference: jax.Array | None = None,
         num_frames: int = 1,
+        reference_keep: jax.Array | None = None,
     ) -> jax.Array:
+        """`reference_keep` (B,) bool: samples whose reference tokens are masked out (dropped)."""
         attn = lambda name, zero=False: Attention(  # noqa: E731
             self.heads, self.dim_head, zero_init_out=zero, dtype=self.dtype, name=name
         )
+        pos = lambda h: h if self.max_positions is None else h + positions(h, self.max_positions)  # noqa: E731
         h = layer_norm(1e-5, self.dtype, "norm1")(x)  # (B*F, T, C)
         if self.write_reference:
             self.sow(REFERENCE, "tokens", h)
+        kv, kv_mask = None, None
         if self.only_cross_attention:
             kv = context
         elif reference is not None:
             ref = jnp.repeat(reference.astype(h.dtype), num_frames, axis=0)  # (B*F, S, C)
             kv = jnp.concatenate([h, ref], axis=1)  # (B*F, T+S, C)
-        else:
-            kv = None
-        x = attn("attn1")(h, kv) + x
+            if reference_keep is not None:
+                keep = jnp.repeat(reference_keep, num_frames)[:, None]  # (B*F, 1)
+                kv_mask = jnp.concatenate(
+                    [jnp.ones(h.shape[:2], bool), jnp.broadcast_to(keep, ref.shape[:2])], axis=1
+                )  # (B*F, T+S)
+        x = attn("attn1")(pos(h), kv, kv_mask) + x
         if self.cross_attention:
             h = layer_norm(1e-5, self.dtype, "norm2")(x)
-            x = attn("attn2", self.zero_init_cross_out)(h, context) + x
+            x = attn("attn2", self.zero_init_cross_out)(pos(h), context) + x
         h = layer_norm(1e-5, self.dtype, "norm3")(x)
         return FeedForward(self.dim, dtype=self.dtype, name="ff")(h) + x
+
+
+def positions(h: jax.Array, max_positions: int, offset: int = 0) -> jax.Array:
+    """Sinusoidal positions offset .. offset+T-1 for a (B, T, C) sequence (at most `max_positions`)."""
+    if offset + h.shape[1] > max_positions:
+        raise ValueError(
+            f"{offset + h.shape[1]} frames exceed the temporal modules' {max_positions} positions"
+        )
+    table = sinusoidal_positions(max_positions, h.shape[2])
+    return table[offset : offset + h.shape[1]].astype(h.dtype)[None]
 
 
 class Transformer2DModel(nn.Module):
@@ -122,6 +152,7 @@ class Transformer2DModel(nn.Module):
         context: jax.Array | None = None,
         references: dict | None = None,
         num_frames: int = 1,
+        reference_keep: jax.Array | None = None,
     ) -> jax.Array:
         b, hgt, wdt, c = x.shape
         inner = self.heads * self.dim_head
@@ -143,7 +174,13 @@ class Transformer2DModel(nn.Module):
                 zero_init_cross_out=self.zero_init_cross_out,
                 dtype=self.dtype,
                 name=name,
-            )(x, context, None if references is None else references[name], num_frames)
+            )(
+                x,
+                context,
+                None if references is None else references[name]["tokens"],
+                num_frames,
+                reference_keep,
+            )
         if self.use_linear_projection:
             x = nn.Dense(c, dtype=self.dtype, name="proj_out")(x).reshape(b, hgt, wdt, c)
         else:

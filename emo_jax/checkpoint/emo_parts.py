@@ -1,0 +1,137 @@
+"""Starting EMO from published PyTorch parts: a Stable Diffusion 1.5 UNet into the ReferenceNet
+and the backbone, an AnimateDiff `MotionAdapter` into the temporal modules. Everything else
+(audio-attention, speed layers, face locator, audio projection) keeps its (zero-)init.
+
+Known-unused source keys are reported, not errors: the ReferenceNet has no text
+cross-attention and no output head; the backbone's text cross-attention (`attn2`) becomes the
+audio-attention, which starts fresh; `pos_embed.pe` are AnimateDiff's fixed position tables,
+which emo_jax computes. Any other unknown key or shape mismatch is an error naming every
+offending key, unless `allow_unused`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from emo_jax.checkpoint.convert import ConversionError, torch_to_flax
+from emo_jax.checkpoint.torch_io import find_weights, load_state_dict
+from emo_jax.errors import InputError
+
+REFERENCE_UNUSED = r"^(conv_norm_out|conv_out)\.|transformer_blocks\.\d+\.(attn2|norm2)\."
+BACKBONE_UNUSED = r"transformer_blocks\.\d+\.attn2\."
+ADAPTER_UNUSED = r"pos_embed\.pe$"
+
+
+@dataclasses.dataclass
+class PartReport:
+    """What one source put into one component."""
+
+    component: str
+    source: str
+    loaded: int
+    initialised: list[str]
+    unused: list[str]
+
+    def summary(self) -> str:
+        groups = sorted({p.split("/")[min(2, p.count("/"))] for p in self.initialised})
+        init = f"; kept at init: {len(self.initialised)} ({', '.join(groups)})" if groups else ""
+        unused = f"; unused source keys: {len(self.unused)}" if self.unused else ""
+        return f"{self.component} <- {self.source}: loaded {self.loaded} tensors{init}{unused}"
+
+
+def _is_motion(path: tuple[str, ...]) -> bool:
+    return any(p.startswith("motion_modules_") for p in path)
+
+
+def _is_speed(path: tuple[str, ...]) -> bool:
+    return any(p.startswith("speed_") for p in path)
+
+
+def _is_audio_attention(path: tuple[str, ...]) -> bool:
+    return "attn2" in path and not _is_motion(path)
+
+
+def load_into(
+    params: dict,
+    component: str,
+    state_dict: dict,
+    select: Callable[[tuple[str, ...]], bool],
+    unused_pattern: str,
+    source: str,
+    allow_unused: bool = False,
+) -> tuple[dict, PartReport]:
+    """Loads `state_dict` into the selected leaves of `params[component]` (all must be found)."""
+    flat = flatten_dict(params[component])
+    chosen = {p: v for p, v in flat.items() if select(p)}
+    loaded, _, unexpected = torch_to_flax(
+        state_dict, unflatten_dict(chosen), source=source, allow_unexpected=True
+    )
+    bad = [k for k in unexpected if not re.search(unused_pattern, k)]
+    if bad and not allow_unused:
+        raise ConversionError(
+            f"{source}: {len(bad)} key(s) that {component} has no place for: {', '.join(bad[:20])}"
+            + (f" (+{len(bad) - 20} more)" if len(bad) > 20 else "")
+        )
+    flat.update(flatten_dict(loaded))
+    out = dict(params)
+    out[component] = unflatten_dict(flat)
+    kept = ["/".join((component, *p)) for p in flat if p not in chosen]
+    return out, PartReport(component, source, len(chosen), kept, unexpected)
+
+
+def unet_weights(path: str | Path) -> Path:
+    """The UNet weight file of a diffusers UNet folder or a whole pipeline folder (`unet/`)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if (path / "unet").is_dir():
+        path = path / "unet"
+    if not path.is_dir():
+        raise InputError(f"{path}: not a diffusers UNet or pipeline folder")
+    return find_weights(path, ("diffusion_pytorch_model",))
+
+
+def init_from_pretrained(
+    params: dict,
+    sd15_unet: str | Path | None = None,
+    motion_adapter: str | Path | None = None,
+    allow_unused: bool = False,
+) -> tuple[dict, list[PartReport]]:
+    """EMO params with the given PyTorch parts loaded; one report per (source, component)."""
+    reports = []
+    if sd15_unet is not None:
+        weights = unet_weights(sd15_unet)
+        sd = load_state_dict(weights)
+        params, rep = load_into(
+            params, "reference_unet", sd, lambda p: True, REFERENCE_UNUSED, str(weights), allow_unused
+        )
+        reports.append(rep)
+        params, rep = load_into(
+            params,
+            "denoising_unet",
+            sd,
+            lambda p: not (_is_motion(p) or _is_audio_attention(p)),
+            BACKBONE_UNUSED,
+            str(weights),
+            allow_unused,
+        )
+        reports.append(rep)
+    if motion_adapter is not None:
+        path = Path(motion_adapter)
+        weights = find_weights(path, ("diffusion_pytorch_model",)) if path.is_dir() else path
+        params, rep = load_into(
+            params,
+            "denoising_unet",
+            load_state_dict(weights),
+            lambda p: _is_motion(p) and not _is_speed(p),
+            ADAPTER_UNUSED,
+            str(weights),
+            allow_unused,
+        )
+        reports.append(rep)
+    return params, reports

@@ -1,0 +1,71 @@
+"""The temporal module: AnimateDiff's motion module (diffusers' `AnimateDiffTransformer3D`) with
+EMO's speed layer, a cross-attention from every frame to the speed tokens along the frame axis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from emo_jax.nn.attention import Attention
+from emo_jax.nn.resnet import group_norm
+from emo_jax.nn.transformer import BasicTransformerBlock, layer_norm, positions
+
+
+class TemporalTransformer(nn.Module):
+    """Attention over frames at every spatial position: (B*F, H, W, C) -> (B*F, H, W, C).
+
+    Names follow diffusers (`norm`, `proj_in`, `transformer_blocks_i`, `proj_out`); `proj_out`
+    starts at zero, so a new module is the identity. With `speed`, `speed_norm` + `speed_attn`
+    (zero-initialised output) let each frame attend to the clip's speed tokens (B, F_s, L).
+    Speed token j sits at frame position `speed_offset + j` (after the motion frames).
+    """
+
+    heads: int
+    num_layers: int = 1
+    norm_num_groups: int = 32
+    max_positions: int = 32
+    speed: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        num_frames: int,
+        speed_tokens: jax.Array | None = None,
+        speed_offset: int = 0,
+    ) -> jax.Array:
+        bf, h, w, c = x.shape
+        b = bf // num_frames
+        residual = x
+        x = group_norm(self.norm_num_groups, 1e-6, self.dtype, "norm")(
+            x.reshape(b, num_frames, h, w, c)
+        )  # statistics over (F, H, W) per channel group, as (b, c, f, h, w) in PyTorch
+        x = x.transpose(0, 2, 3, 1, 4).reshape(b * h * w, num_frames, c)  # (B*H*W, F, C)
+        x = nn.Dense(c, dtype=self.dtype, name="proj_in")(x)
+        for i in range(self.num_layers):
+            x = BasicTransformerBlock(
+                c,
+                self.heads,
+                c // self.heads,
+                max_positions=self.max_positions,
+                dtype=self.dtype,
+                name=f"transformer_blocks_{i}",
+            )(x)
+        if self.speed and speed_tokens is not None:
+            q = layer_norm(1e-5, self.dtype, "speed_norm")(x)
+            q = (q + positions(q, self.max_positions)).reshape(b, h * w * num_frames, c)
+            s = speed_tokens.astype(self.dtype)  # (B, F_s, L)
+            s = s + positions(s, self.max_positions, speed_offset)
+            # Every position shares its clip's speed tokens: folding positions into the query
+            # axis equals repeating the tokens to (B*H*W, F_s, L), without the copies.
+            out = Attention(
+                self.heads, c // self.heads, zero_init_out=True, dtype=self.dtype, name="speed_attn"
+            )(q, s)
+            x = x + out.reshape(b * h * w, num_frames, c)
+        x = nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="proj_out")(x)
+        x = x.reshape(b, h, w, num_frames, c).transpose(0, 3, 1, 2, 4).reshape(bf, h, w, c)
+        return x + residual
