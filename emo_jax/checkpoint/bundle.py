@@ -1,0 +1,83 @@
+"""A model bundle: everything `generate` needs in one folder.
+
+    FOLDER/config.yaml   the resolved config (model, audio, diffusion, ...)
+    FOLDER/params/       Orbax checkpoint of {"emo": EMO params, "vae": VAE params}
+
+Written to a temporary folder and renamed when complete, so a bundle is whole or absent.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import yaml
+
+from emo_jax.config import Config, from_dict, to_dict
+from emo_jax.errors import InputError
+
+PARTS = ("emo", "vae")
+
+
+def save_bundle(folder: str | Path, config: Config, params: dict, overwrite: bool = False) -> None:
+    """Writes config.yaml + Orbax params; an existing folder only with `overwrite`."""
+    folder = Path(folder).absolute()
+    if folder.exists() and not overwrite:
+        raise InputError(f"{folder}: already exists (pass overwrite to replace it)")
+    missing = [p for p in PARTS if p not in params]
+    if missing:
+        raise ValueError(f"bundle params need {', '.join(PARTS)}; missing {', '.join(missing)}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / "params", jax.tree_util.tree_map(np.asarray, params))
+            ckptr.wait_until_finished()
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def is_bundle(folder: str | Path) -> bool:
+    """True for a folder holding config.yaml and params/."""
+    folder = Path(folder)
+    return (folder / "config.yaml").is_file() and (folder / "params").is_dir()
+
+
+def load_bundle_config(folder: str | Path) -> Config:
+    """The config a bundle was saved with."""
+    path = Path(folder) / "config.yaml"
+    if not path.is_file():
+        raise InputError(f"{folder}: not an emo_jax model bundle (no config.yaml)")
+    try:
+        return from_dict(Config, yaml.safe_load(path.read_text()) or {}, str(path))
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def load_bundle(folder: str | Path, abstract: Any | None = None) -> tuple[Config, dict]:
+    """(config, {"emo": ..., "vae": ...}); with `abstract` (shapes) the params are checked to fit."""
+    folder = Path(folder).absolute()
+    config = load_bundle_config(folder)
+    if not (folder / "params").is_dir():
+        raise InputError(f"{folder}: not an emo_jax model bundle (no params/)")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = (
+                ckptr.restore(folder / "params", abstract)
+                if abstract
+                else ckptr.restore(folder / "params")
+            )
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{folder}: params do not fit the config ({first[:300]})") from None
+    return config, params
