@@ -193,3 +193,18 @@ def test_processes_get_disjoint_halves(corpus):
     n = min(len(firsts[0]), len(firsts[1]))
     assert n > 0
     assert not any(np.array_equal(a, b) for a in firsts[0][:n] for b in firsts[1][:n])
+
+
+@pytest.mark.slow
+def test_worker_processes_resume_exactly(corpus):
+    cfg = _cfg(corpus[1], seed=6, worker_count=2)
+    it = iter(make_loader(cfg, 0, 1))
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(3)]
+    resumed = iter(make_loader(cfg, 0, 1))
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        assert all(np.array_equal(want[k], got[k]) for k in want)
