@@ -69,9 +69,12 @@ def find_videos(videos_dir: Path) -> list[Path]:
     """Video files under `videos_dir` (recursive, by extension, sorted)."""
     if not videos_dir.is_dir():
         raise InputError(f"{videos_dir}: videos folder not found")
-    return sorted(
+    paths = sorted(
         p for p in videos_dir.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
     )
+    if not paths:
+        raise InputError(f"{videos_dir}: no video files ({', '.join(VIDEO_EXTENSIONS)})")
+    return paths
 
 
 def _scaled_size(width: int, height: int, short: int) -> tuple[int, int] | None:

@@ -9,7 +9,8 @@ The head is an ellipsoid; every facial feature is a polygon on its surface, rota
 projected orthographically, so the truth (angles, face box, mouth) is exact by construction.
 Angles are degrees: yaw about the image's vertical axis, pitch about the horizontal, roll in the
 image plane. Speed of frame f = the angle of the rotation from frame f-1 to f (degrees per frame).
-The face box is the bounding box of the projected face (eyebrows to chin, cheek to cheek).
+The face box is the bounding box of the projected face (the forehead just above the
+eyebrows to the chin, cheek to cheek).
 
 The audio source is pluggable: `AUDIO_SOURCES[name](rng, n_frames, identity)` returns the
 waveform (n_frames * SAMPLES_PER_FRAME,) and the per-frame mouth opening in [0, 1].
@@ -228,7 +229,7 @@ def _on_face(uv: np.ndarray, axes: np.ndarray, bulge: np.ndarray | float = 0.0) 
     return np.stack([uv[:, 0] * axes[0], uv[:, 1] * axes[1], z * axes[2]], axis=1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _circle(n: int) -> np.ndarray:
     a = np.linspace(0, 2 * np.pi, n, endpoint=False)
     return np.stack([np.cos(a), np.sin(a)], axis=1)
