@@ -308,7 +308,7 @@ class Wav2Vec2Config:
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
     eos_token_id: int | tuple[int, ...] | None = 2
-    # Settings transformers knows and emo_jax does not implement: accepted only at defaults.
+    # Adapters (not implemented): add_adapter must be false and adapter_attn_dim null.
     add_adapter: bool = False
     adapter_kernel_size: int = 3
     adapter_stride: int = 2

@@ -17,12 +17,15 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     import av
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: audio file not found")
+    if not path.is_file() or path.stat().st_size == 0:
+        kind = "a folder" if path.is_dir() else "an empty file"
+        raise InputError(f"{path}: not an audio file ({kind})")
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
-                raise InputError(f"{path}: has no audio track")
+                raise InputError(f"{path}: not an audio file (no audio track)")
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             chunks = []
@@ -34,7 +37,8 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     except InputError:
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"{path}: not a readable audio file ({type(e).__name__})") from None
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        raise InputError(f"{path}: not an audio file (FFmpeg: {reason})") from None
     if not chunks:
         raise InputError(f"{path}: the audio track is empty")
     return np.concatenate(chunks).astype(np.float32)

@@ -13,6 +13,7 @@ Leaf rules:
   norm scale                      <-> weight
   Embed embedding                 <-> weight
   anything else (bias, raw params) keeps its name and layout.
+  weight_g / weight_v             <-> parametrizations.weight.original0/1  (WEIGHT_NORM renames)
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ class Rename:
     repl: str
 
 
+# Weight-normalised layers: Flax leaves `weight_g` / `weight_v` (PyTorch layout) are saved as
+# current PyTorch saves them (`torch.nn.utils.parametrizations.weight_norm`). Applied to a
+# loaded state dict with `apply_renames`, the same rules read the old
+# `torch.nn.utils.weight_norm` names `weight_g` / `weight_v`.
+WEIGHT_NORM = (
+    Rename(r"\.weight_g$", ".parametrizations.weight.original0"),
+    Rename(r"\.weight_v$", ".parametrizations.weight.original1"),
+)
+
+
 def _leaf_transform(leaf_name: str, ndim: int) -> tuple[str, tuple[int, ...] | None]:
     """(PyTorch leaf name, axes that map the Flax array to the PyTorch one) for a Flax leaf."""
     if leaf_name == "kernel":
@@ -88,7 +99,11 @@ def flax_path_to_torch_key(path: tuple[str, ...], renames: Iterable[Rename] = ()
         else:
             parts.append(p)
     leaf, _ = _leaf_transform(path[-1], 2 if path[-1] == "kernel" else 1)
-    key = ".".join(parts + [leaf])
+    return apply_renames(".".join(parts + [leaf]), renames)
+
+
+def apply_renames(key: str, renames: Iterable[Rename]) -> str:
+    """A PyTorch key after the regex rules (also normalises legacy keys of a loaded dict)."""
     for r in renames:
         key = re.sub(r.pattern, r.repl, key)
     return key
@@ -115,6 +130,11 @@ def _rules(abstract_params: Any, renames: Iterable[Rename]) -> list[_LeafRule]:
 
 def torch_shape(rule: _LeafRule) -> tuple[int, ...]:
     return tuple(rule.shape[i] for i in rule.perm) if rule.perm else rule.shape
+
+
+def torch_shapes(abstract_params: Any, renames: Iterable[Rename] = ()) -> dict[str, tuple[int, ...]]:
+    """{PyTorch key: PyTorch shape} of a (possibly abstract) Flax param tree."""
+    return {r.key: torch_shape(r) for r in _rules(abstract_params, renames)}
 
 
 class ConversionError(InputError):

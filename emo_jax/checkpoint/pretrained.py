@@ -38,6 +38,10 @@ class FolderFormat:
     renames: tuple[Rename, ...] = ()
     ignore_keys: tuple[str, ...] = ()  # config.json keys that are bookkeeping, not architecture
     validate: Callable[[Any], None] = lambda cfg: None
+    model_type: str | None = None  # transformers' `model_type`, written to config.json
+    legacy_stems: tuple[str, ...] = ()  # older weight file names, e.g. "pytorch_model"
+    # Loaded state dict -> the keys the rules expect (strip a task model's prefix, old names).
+    adapt_state_dict: Callable[[dict], dict] = lambda sd: sd
 
 
 def read_config(folder: Path, fmt: FolderFormat) -> Any:
@@ -74,9 +78,9 @@ def from_pretrained(
         raise InputError(f"{folder}: model folder not found")
     cfg = read_config(folder, fmt)
     module = fmt.build(cfg, dtype)
-    weights = find_weights(folder, (fmt.weight_stem,))
+    weights = find_weights(folder, (fmt.weight_stem, *fmt.legacy_stems))
     params, _, _ = torch_to_flax(
-        load_state_dict(weights),
+        fmt.adapt_state_dict(load_state_dict(weights)),
         abstract_params(module, fmt, cfg),
         fmt.renames,
         source=str(weights),
@@ -89,7 +93,8 @@ def config_json(cfg: Any, fmt: FolderFormat) -> dict:
     data = to_dict(cfg)
     if fmt.library == "diffusers":
         return {"_class_name": fmt.class_name, **data}
-    return {"architectures": [fmt.class_name], **data}
+    model_type = {"model_type": fmt.model_type} if fmt.model_type else {}
+    return {"architectures": [fmt.class_name], **model_type, **data}
 
 
 def save_pretrained(params: Any, cfg: Any, folder: str | Path, fmt: FolderFormat) -> None:
