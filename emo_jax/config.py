@@ -454,12 +454,67 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A training stage (emo_jax.train): what trains, where it starts, the optimizer, the run.
+
+    Which modules exist is `model.emo.use_*`; which of them train is `trainable` (components of
+    emo_jax.models.inventory). Frozen ones get no gradient and no optimizer state.
+    """
+
+    stage: int = 1  # 1 image pre-training, 2 video (temporal + audio), 3 speed (the paper)
+    trainable: tuple[str, ...] = ("reference_net", "backbone_spatial", "face_locator")
+    out_dir: str = "runs/stage1"  # checkpoints/, tb/, samples/, metrics.jsonl, bundle/
+    init_from: str | None = None  # previous stage: its bundle or run folder (latest checkpoint)
+    sd15_unet: str | None = None  # diffusers SD1.5 UNet or pipeline folder -> both UNets
+    motion_adapter: str | None = None  # diffusers AnimateDiff MotionAdapter -> temporal modules
+    vae_path: str | None = None  # diffusers AutoencoderKL folder; None: random VAE of model.vae
+    vae_seed: int = 0  # seed of the random VAE (the same in every stage)
+    seed: int = 0  # params init, noise, timesteps, condition dropout
+    steps: int = 30000  # optimizer steps of this stage
+    learning_rate: float = 1e-5  # the paper, all stages
+    warmup_steps: int = 0  # linear warm-up from 0, then constant
+    weight_decay: float = 0.01  # AdamW (diffusers' default)
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # global-norm clipping
+    grad_accum: int = 1  # micro-batches per optimizer step (data.batch_size is per step)
+    ema_decay: float | None = None  # EMA of the trained weights (None: no EMA)
+    drop_reference: float = 0.05  # condition dropout for guidance (Hallo: 0.05)
+    drop_audio: float = 0.05
+    drop_speed: float = 0.0
+    drop_motion: float = 0.05  # motion frames -> zero maps, as for a video's first clip
+    log_every: int = 10  # steps between stdout / TensorBoard lines
+    checkpoint_every: int = 1000  # steps between (async) checkpoints; one more at the end
+    keep_checkpoints: int = 3  # the latest N, plus the best by mean training loss
+    sample_every: int = 0  # steps between sample videos (0: none)
+    sample_steps: int = 20  # DDIM steps of a sample video
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    """Device mesh, sharding and multi-host start-up (emo_jax.parallel)."""
+
+    data: int = -1  # mesh axis sizes; -1: the devices the other axes leave
+    fsdp: int = 1  # params and optimizer state sharded over this axis (batch too)
+    tensor: int = 1  # output features of kernels sharded over this axis
+    fsdp_min_size: int = 4096  # smaller params stay replicated
+    data_shards: int | None = None  # Grain shards (None: one per process); fixed: same data order
+    distributed: bool | None = None  # jax.distributed.initialize; None: if a cluster is detected
+    coordinator_address: str | None = None  # else JAX_COORDINATOR_ADDRESS / auto-detection
+    num_processes: int | None = None  # else JAX_NUM_PROCESSES / auto-detection
+    process_id: int | None = None  # else JAX_PROCESS_ID / auto-detection
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole config tree that the CLI loads."""
 
     model: ModelConfig = ModelConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    parallel: ParallelConfig = ParallelConfig()
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
