@@ -132,7 +132,9 @@ def torch_shape(rule: _LeafRule) -> tuple[int, ...]:
     return tuple(rule.shape[i] for i in rule.perm) if rule.perm else rule.shape
 
 
-def torch_shapes(abstract_params: Any, renames: Iterable[Rename] = ()) -> dict[str, tuple[int, ...]]:
+def torch_shapes(
+    abstract_params: Any, renames: Iterable[Rename] = ()
+) -> dict[str, tuple[int, ...]]:
     """{PyTorch key: PyTorch shape} of a (possibly abstract) Flax param tree."""
     return {r.key: torch_shape(r) for r in _rules(abstract_params, renames)}
 

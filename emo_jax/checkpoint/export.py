@@ -1,0 +1,258 @@
+"""The exported EMO model folder: one sub-folder per component in the format of the PyTorch
+library that owns it, and an index naming them.
+
+    DST/emo_index.json     {"format": "emo_jax-export", "version": 1, "config": {...},
+                            "components": {name: sub-folder}}
+    DST/reference_unet/    diffusers UNet2DConditionModel (ReferenceNet)
+    DST/denoising_unet/    diffusers UNet2DConditionModel (backbone; attn2 = audio-attention)
+    DST/motion_module/     diffusers MotionAdapter (the temporal modules)
+    DST/speed_encoder/     speed MLP + the speed attention of every temporal module
+    DST/audio_proj/        Hallo-style AudioProjModel
+    DST/face_locator/      the face-locator conv net
+    DST/vae/               diffusers AutoencoderKL
+    DST/audio_encoder/     transformers Wav2Vec2Model (when the config names one)
+
+The ReferenceNet has no text cross-attention and no output head, and a stage-1 backbone has no
+audio-attention; so that diffusers opens both as `UNet2DConditionModel`, those keys are written
+as zeros (listed in the index under "placeholders") and dropped again on import. Zero
+weights make diffusers' attention add nothing, so the PyTorch twin runs the folder as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from emo_jax.checkpoint.convert import ConversionError, flax_to_torch, torch_shapes, torch_to_flax
+from emo_jax.checkpoint.pretrained import abstract_params as folder_params
+from emo_jax.checkpoint.pretrained import save_pretrained
+from emo_jax.checkpoint.torch_io import (
+    find_weights,
+    load_state_dict,
+    read_json,
+    save_safetensors,
+    write_json,
+)
+from emo_jax.config import Config, from_dict, to_dict
+from emo_jax.errors import InputError
+from emo_jax.nn.transformer import sinusoidal_positions
+
+INDEX = "emo_index.json"
+FORMAT = "emo_jax-export"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def _motion(p: tuple[str, ...]) -> bool:
+    return any(s.startswith("motion_modules_") for s in p)
+
+
+def _speed(p: tuple[str, ...]) -> bool:
+    return p[0] == "speed_encoder" or (_motion(p) and any(s.startswith("speed_") for s in p))
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One exported component: which EMO param paths it holds, and its config.json."""
+
+    name: str
+    select: Callable[[tuple[str, ...]], bool]
+    strip_top: bool  # drop the top-level module name from the keys
+    class_name: str
+
+
+PARTS = (
+    Part("reference_unet", lambda p: p[0] == "reference_unet", True, "UNet2DConditionModel"),
+    Part(
+        "denoising_unet",
+        lambda p: p[0] == "denoising_unet" and not _motion(p),
+        True,
+        "UNet2DConditionModel",
+    ),
+    Part(
+        "motion_module",
+        lambda p: p[0] == "denoising_unet" and _motion(p) and not _speed(p),
+        True,
+        "MotionAdapter",
+    ),
+    Part("speed_encoder", _speed, False, "SpeedEncoder"),
+    Part("audio_proj", lambda p: p[0] == "audio_proj", True, "AudioProjModel"),
+    Part("face_locator", lambda p: p[0] == "face_locator", True, "FaceLocator"),
+)
+
+
+def _key(path: tuple[str, ...], part: Part) -> tuple[str, ...]:
+    if part.strip_top:
+        return path[1:]
+    return path[1:] if path[0] == "denoising_unet" else path
+
+
+def _part_tree(flat: dict, part: Part) -> dict:
+    return unflatten_dict({_key(p, part): v for p, v in flat.items() if part.select(p)})
+
+
+def _unet_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    from emo_jax.models.unet import UNET_FORMAT
+
+    cfg = config.model.unet
+    return torch_shapes(folder_params(UNET_FORMAT.build(cfg, None), UNET_FORMAT, cfg))
+
+
+def _part_config(part: Part, config: Config) -> dict:
+    emo, unet = config.model.emo, config.model.unet
+    if part.class_name == "UNet2DConditionModel":
+        return {"_class_name": "UNet2DConditionModel", **to_dict(unet)}
+    if part.name == "motion_module":
+        t = emo.temporal
+        return {
+            "_class_name": "MotionAdapter",
+            "block_out_channels": list(unet.block_out_channels),
+            "motion_layers_per_block": unet.layers_per_block,
+            "motion_transformer_layers_per_block": t.motion_transformer_layers_per_block,
+            "motion_mid_block_layers_per_block": 1,
+            "motion_transformer_layers_per_mid_block": t.motion_transformer_layers_per_block,
+            "motion_num_attention_heads": t.motion_num_attention_heads,
+            "motion_norm_num_groups": t.motion_norm_num_groups,
+            "motion_max_seq_length": t.motion_max_seq_length,
+            "use_motion_mid_block": t.use_motion_mid_block,
+            "conv_in_channels": None,
+        }
+    settings = {
+        "speed_encoder": {
+            k: getattr(emo, k)
+            for k in (
+                "speed_centers",
+                "speed_radii",
+                "speed_window",
+                "speed_hidden_dim",
+                "speed_embed_dim",
+            )
+        },
+        "audio_proj": {
+            "output_dim": unet.cross_attention_dim,
+            "hidden_dim": config.model.audio.proj_hidden_dim,
+            "num_tokens": config.model.audio.proj_tokens,
+        },
+        "face_locator": {
+            "out_channels": unet.block_out_channels[0],
+            "channels": list(emo.face_locator_channels),
+        },
+    }[part.name]
+    return {"_class_name": part.class_name, **to_dict(settings)}
+
+
+def _pos_tables(state_dict: dict, max_len: int) -> dict:
+    """AnimateDiff's fixed position tables, which diffusers stores as `pos_embed.pe`."""
+    out = {}
+    for k, v in state_dict.items():
+        m = re.match(r"(.*transformer_blocks\.\d+)\.norm1\.weight$", k)
+        if m:
+            out[f"{m.group(1)}.pos_embed.pe"] = np.asarray(
+                sinusoidal_positions(max_len, v.shape[0])
+            )[None]
+    return out
+
+
+def export_model(folder: str | Path, config: Config, params: dict, overwrite: bool = False) -> None:
+    """Writes the exported folder for a model bundle's params {"emo": ..., "vae": ...}."""
+    from emo_jax.models.vae import VAE_FORMAT
+
+    folder = Path(folder).absolute()
+    if folder.exists() and not overwrite:
+        raise InputError(f"{folder}: already exists (use --overwrite to replace it)")
+    flat = flatten_dict(jax.tree_util.tree_map(np.asarray, params["emo"]))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        components, placeholders = {}, {}
+        for part in PARTS:
+            tree = _part_tree(flat, part)
+            if not tree:
+                continue
+            sd = flax_to_torch(tree)
+            if part.class_name == "UNet2DConditionModel":
+                missing = {k: s for k, s in _unet_shapes(config).items() if k not in sd}
+                placeholders[part.name] = sorted(missing)
+                sd.update({k: np.zeros(s, np.float32) for k, s in missing.items()})
+            if part.name == "motion_module":
+                sd.update(_pos_tables(sd, config.model.emo.temporal.motion_max_seq_length))
+            save_safetensors(sd, tmp / part.name / WEIGHTS)
+            write_json(_part_config(part, config), tmp / part.name / "config.json")
+            components[part.name] = part.name
+        save_pretrained(params["vae"], config.model.vae, tmp / "vae", VAE_FORMAT)
+        components["vae"] = "vae"
+        w2v = config.model.audio.wav2vec2_path
+        if config.model.audio.encoder == "wav2vec2" and w2v:
+            shutil.copytree(w2v, tmp / "audio_encoder")
+            components["audio_encoder"] = "audio_encoder"
+        write_json(
+            {
+                "format": FORMAT,
+                "version": 1,
+                "config": to_dict(config),
+                "components": components,
+                "placeholders": placeholders,
+            },
+            tmp / INDEX,
+        )
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def is_export(folder: str | Path) -> bool:
+    """True for an exported EMO folder."""
+    return (Path(folder) / INDEX).is_file()
+
+
+def import_model(folder: str | Path) -> tuple[Config, dict]:
+    """An exported folder -> (config, {"emo": ..., "vae": ...}), every tensor accounted for."""
+    from emo_jax.models.emo import EMOModel, abstract_params
+    from emo_jax.models.vae import VAE_FORMAT
+
+    folder = Path(folder)
+    index = read_json(folder / INDEX)
+    if index.get("format") != FORMAT:
+        raise InputError(f"{folder / INDEX}: not an emo_jax export index")
+    config = from_dict(Config, index["config"], str(folder / INDEX))
+    flat_abstract = flatten_dict(abstract_params(EMOModel(config.model)))
+    loaded: dict = {}
+    for part in PARTS:
+        keys = [p for p in flat_abstract if part.select(p)]
+        if not keys:
+            continue
+        sub = index["components"].get(part.name)
+        if sub is None:
+            raise InputError(f"{folder / INDEX}: component {part.name} is missing")
+        weights = find_weights(folder / sub, ("diffusion_pytorch_model",))
+        sd = load_state_dict(weights)
+        skip = set(index.get("placeholders", {}).get(part.name, ()))
+        sd = {k: v for k, v in sd.items() if k not in skip and not k.endswith("pos_embed.pe")}
+        tree = unflatten_dict({_key(p, part): flat_abstract[p] for p in keys})
+        values, _, _ = torch_to_flax(sd, tree, source=str(weights))
+        flat_values = flatten_dict(values)
+        loaded.update({p: flat_values[_key(p, part)] for p in keys})
+    left = [("/".join(p)) for p in flat_abstract if p not in loaded]
+    if left:
+        raise ConversionError(
+            f"{folder}: no tensor for {len(left)} param(s): {', '.join(left[:10])}"
+        )
+    vae_folder = folder / index["components"].get("vae", "vae")
+    vae_weights = find_weights(vae_folder, ("diffusion_pytorch_model",))
+    vae_cfg = config.model.vae
+    vae, _, _ = torch_to_flax(
+        load_state_dict(vae_weights),
+        folder_params(VAE_FORMAT.build(vae_cfg, None), VAE_FORMAT, vae_cfg),
+        source=str(vae_weights),
+    )
+    return config, {"emo": unflatten_dict(loaded), "vae": vae}
