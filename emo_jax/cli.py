@@ -11,6 +11,7 @@ from emo_jax.errors import InputError
 # Each module defines `register(subparsers)`, which adds its sub-command(s) and sets `func`.
 COMMAND_MODULES = ("emo_jax.commands.info", "emo_jax.commands.audio_features")
 COMMAND_MODULES += ("emo_jax.commands.synth", "emo_jax.commands.preprocess")
+COMMAND_MODULES += ("emo_jax.commands.generate",)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,139 @@
+"""Where generation's model comes from: `resolve_checkpoint(path)` -> config + params.
+
+Kinds of checkpoint, tried in order (`RESOLVERS`; add a function there for a new kind, e.g.
+a training-run folder whose latest Orbax step holds {"emo", "vae"}):
+
+- a model bundle folder (`emo_jax.checkpoint.bundle`: config.yaml + params/).
+
+With no path the built-in default is used. Until a trained default model exists it is the tiny
+config (configs/model/tiny.yaml) with RANDOM weights from a fixed seed: the output is noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from emo_jax.checkpoint.bundle import is_bundle, load_bundle
+from emo_jax.config import Config, load_config
+from emo_jax.errors import InputError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
+DEFAULT_SEED = 0
+RANDOM_WEIGHTS_NOTE = "random weights: output is noise"
+
+
+class RandomWeightsWarning(UserWarning):
+    """The model has random weights (no trained checkpoint was given)."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A config with its params {"emo": ..., "vae": ...}; random weights are made on first use."""
+
+    config: Config
+    source: str  # what was loaded, for messages
+    params_: dict | None = None
+    random_seed: int | None = None  # set: random weights from this seed
+
+    @property
+    def params(self) -> dict:
+        if self.params_ is None:
+            self.params_ = random_params(self.config, self.random_seed)
+        return self.params_
+
+
+@functools.lru_cache(maxsize=1)
+def random_params(config: Config, seed: int) -> dict:
+    """Freshly initialised EMO and VAE params (EMO's new layers at their zero identity); the
+    last set is kept, so a process that asks twice (tests, an app) makes them once."""
+    from emo_jax.checkpoint import pretrained
+    from emo_jax.models.emo import EMOModel, init_params
+    from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL
+
+    key = jax.random.key(seed + 1, impl="unsafe_rbg")  # rbg: fast to compile, as init_params
+    vae = pretrained.init_params(AutoencoderKL(config.model.vae), VAE_FORMAT, config.model.vae, key)
+    return {"emo": init_params(EMOModel(config.model), seed), "vae": vae}
+
+
+def abstract_params(config: Config) -> dict:
+    """{"emo", "vae"} param shapes for `config`, nothing allocated."""
+    from emo_jax.checkpoint import pretrained
+    from emo_jax.models import emo
+    from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL
+
+    vae = pretrained.abstract_params(AutoencoderKL(config.model.vae), VAE_FORMAT, config.model.vae)
+    return {"emo": emo.abstract_params(emo.EMOModel(config.model)), "vae": vae}
+
+
+def check_fit(params: dict, config: Config, source: str, limit: int = 3) -> dict:
+    """`params` as jnp arrays if they fit `config` exactly, else one InputError naming the
+    first missing, unexpected and mismatched keys."""
+    want = flatten_dict(abstract_params(config), sep="/")
+    have = flatten_dict(params, sep="/")
+    missing = [k for k in want if k not in have]
+    unexpected = [k for k in have if k not in want]
+    mismatched = [
+        f"{k} {tuple(have[k].shape)} != {tuple(want[k].shape)}"
+        for k in want
+        if k in have and tuple(have[k].shape) != tuple(want[k].shape)
+    ]
+    problems = [
+        f"{len(keys)} {kind}: {', '.join(keys[:limit])}{' ...' if len(keys) > limit else ''}"
+        for kind, keys in (("missing", missing), ("unexpected", unexpected), ("shape", mismatched))
+        if keys
+    ]
+    if problems:
+        raise InputError(f"{source}: the params do not fit the config ({'; '.join(problems)})")
+    return unflatten_dict({k: jnp.asarray(have[k], want[k].dtype) for k in want}, sep="/")
+
+
+def _bundle(path: Path, config: Config | None) -> LoadedModel | None:
+    """A model bundle; `config` (if given) replaces the bundle's config.yaml."""
+    if not is_bundle(path):
+        return None
+    saved, params = load_bundle(path)
+    config = config or saved
+    return LoadedModel(config, str(path), check_fit(params, config, str(path)))
+
+
+# (path, config or None) -> LoadedModel, or None if the path is not of that kind.
+RESOLVERS: list[Callable[[Path, Config | None], LoadedModel | None]] = [_bundle]
+
+
+def default_config(overrides: list[str] | None = None) -> Config:
+    """The built-in default model's config (tiny, until a trained default exists)."""
+    if not DEFAULT_CONFIG.is_file():
+        raise InputError(f"{DEFAULT_CONFIG}: default config not found (pass --config)")
+    return load_config(DEFAULT_CONFIG, overrides)
+
+
+def resolve_checkpoint(
+    path: str | Path | None, config: Config | None = None, seed: int = DEFAULT_SEED
+) -> LoadedModel:
+    """The model at `path` (see the module doc), or with None the default: `config` (or the
+    tiny config) with random weights from `seed`, announced by a RandomWeightsWarning."""
+    if path is None:
+        config = config or default_config()
+        warnings.warn(
+            f"no checkpoint given: {RANDOM_WEIGHTS_NOTE} (seed {seed}); "
+            "pass a trained model bundle to get faces",
+            RandomWeightsWarning,
+            stacklevel=2,
+        )
+        return LoadedModel(config, f"random weights (seed {seed})", random_seed=seed)
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: checkpoint not found")
+    for resolve in RESOLVERS:
+        loaded = resolve(path, config)
+        if loaded is not None:
+            return loaded
+    raise InputError(f"{path}: not a model bundle (config.yaml + params/)")

@@ -1,0 +1,393 @@
+"""`EMOPipeline`: portrait + audio -> talking-head video frames (and an mp4), clip after clip.
+
+    pipe = EMOPipeline.from_pretrained("models/emo")        # or None: the built-in default
+    out = pipe("portrait.png", "speech.wav", out="video.mp4", seed=0)
+    out.frames                                              # (T, R, R, 3) uint8
+
+The clip loop (paper, Inference): audio features for the whole track; clips of f frames;
+clip k's motion frames are the last n frames generated in clip k-1 (re-encoded with the VAE:
+the uint8 frames that are written), the first clip's are zero maps; the last clip is padded
+(audio features and speeds repeat the last frame) and trimmed, so the video has exactly the
+audio's frame count (`emo_jax.audio.features.num_frames`). Frames are decoded in chunks of
+`decode_chunk` and streamed to the mp4 as each clip finishes, so memory does not grow with the
+video's length (unless the frames are also returned).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emo_jax.config import Config, apply_overrides, from_dict, load_config, to_dict
+from emo_jax.errors import InputError
+from emo_jax.pipeline.inputs import (
+    DEFAULT_SPEED,
+    FACE_EXPAND,
+    Reference,
+    prepare_reference,
+    read_audio,
+    speed_per_frame,
+)
+from emo_jax.pipeline.loading import LoadedModel, check_fit, resolve_checkpoint
+from emo_jax.pipeline.sampling import VideoFunctions, vae_factor, video_functions
+
+# progress(clip, clips, step, steps): after every denoising step; clip counts from 0, step from 1.
+ProgressFn = Callable[[int, int, int, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Generation options; None means the model config's value."""
+
+    steps: int | None = None  # denoising steps (diffusion.num_inference_steps; paper: 40)
+    sampler: str | None = None  # "ddim" | "dpmpp_2m"
+    guidance_scale: float | None = None  # CFG scale (the reference scale if audio's is set)
+    audio_guidance_scale: float | None = None  # separate audio scale (3 passes instead of 2)
+    eta: float | None = None  # DDIM noise
+    speed: Any = DEFAULT_SPEED  # degrees per frame: a constant, per-second values, or a file
+    seed: int = 0
+    clip_frames: int | None = None  # f (model.emo.n_frames)
+    motion_frames: int | None = None  # n (model.emo.n_motion_frames)
+    resolution: int | None = None  # square side in pixels (default unet.sample_size x 8)
+    mask: Any = None  # face-region mask image (path / PIL / array); None: from the detected face
+    face_expand: float = FACE_EXPAND  # detected face box enlargement for the mask
+    crop_scale: float | None = None  # crop side / face size (data.crop_scale)
+    decode_chunk: int = 4  # frames per VAE decode call
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """Validated inputs of one video."""
+
+    config: Config  # the model config with this video's options applied
+    options: Options
+    reference: Reference
+    wave: np.ndarray  # raw mono waveform at config.model.audio.sample_rate (muxed into the mp4)
+    audio: np.ndarray  # (T, 2m+1, layers, dim) audio features
+    speed: np.ndarray  # (T,) degrees per frame
+    fps: int
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.audio)
+
+    @property
+    def clip_frames(self) -> int:
+        return self.config.model.emo.n_frames
+
+    @property
+    def num_clips(self) -> int:
+        return math.ceil(self.num_frames / self.clip_frames)
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """One generated clip."""
+
+    index: int
+    frames: np.ndarray  # (k, R, R, 3) uint8; k = f, or fewer for the trimmed last clip
+    motion_frames: np.ndarray | None  # (n, R, R, 3) uint8 that conditioned it (None: zero maps)
+    motion_latents: np.ndarray | None  # (1, n, h, w, 4) their scaled VAE latents
+
+
+@dataclasses.dataclass(frozen=True)
+class EMOOutput:
+    """What a pipeline call returns."""
+
+    frames: np.ndarray | None  # (T, R, R, 3) uint8 (None with return_frames=False)
+    num_frames: int
+    fps: int
+    audio: np.ndarray  # mono waveform at `sample_rate` (the mp4's audio track)
+    sample_rate: int
+    reference: Reference  # the cropped portrait and face-region mask used
+    path: Path | None  # the mp4, if written
+    frames_dir: Path | None  # the PNG frames, if written
+    seconds: float  # wall time of the call
+
+
+class EMOPipeline:
+    """Portrait + audio -> video. One pipeline runs one video at a time."""
+
+    def __init__(self, model: LoadedModel):
+        self.model = model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path | None = None,
+        config: Config | str | Path | None = None,
+        overrides: list[str] | None = None,
+    ) -> EMOPipeline:
+        """A model bundle folder, or None for the built-in default (see `resolve_checkpoint`:
+        until a trained default exists, the tiny config with random weights: noise).
+        `config` (a Config or YAML path) replaces the checkpoint's; `overrides` are dotted
+        settings such as "diffusion.sampler=dpmpp_2m"."""
+        if isinstance(config, (str, Path)):
+            config = load_config(config)
+        model = resolve_checkpoint(path, config)
+        if overrides:
+            data = apply_overrides(to_dict(model.config), overrides)
+            changed = from_dict(Config, data, "overrides")
+            params = model.params_
+            if params is not None and changed.model != model.config.model:
+                params = check_fit(params, changed, model.source)
+            model = dataclasses.replace(model, config=changed, params_=params)
+        return cls(model)
+
+    @classmethod
+    def from_params(cls, config: Config, params: dict, source: str = "params") -> EMOPipeline:
+        """A pipeline over in-memory params {"emo", "vae"} (checked to fit `config`)."""
+        return cls(LoadedModel(config, source, check_fit(params, config, source)))
+
+    @property
+    def config(self) -> Config:
+        return self.model.config
+
+    @property
+    def random_weights(self) -> bool:
+        return self.model.random_seed is not None
+
+    # ------------------------------------------------------------------ inputs
+
+    def run_config(self, options: Options) -> Config:
+        """The config with the options' sampler, steps, scales, f and n applied (validated)."""
+        cfg, o = self.config, options
+        diffusion_changes = {
+            "num_inference_steps": o.steps,
+            "sampler": o.sampler,
+            "guidance_scale": o.guidance_scale,
+            "audio_guidance_scale": o.audio_guidance_scale,
+            "eta": o.eta,
+        }
+        diffusion = dataclasses.replace(
+            cfg.diffusion, **{k: v for k, v in diffusion_changes.items() if v is not None}
+        )
+        emo = dataclasses.replace(
+            cfg.model.emo,
+            n_frames=o.clip_frames or cfg.model.emo.n_frames,
+            n_motion_frames=o.motion_frames or cfg.model.emo.n_motion_frames,
+        )
+        f, n = emo.n_frames, emo.n_motion_frames
+        if diffusion.num_inference_steps < 1 or f < 1 or n < 1:
+            raise InputError("steps, clip frames and motion frames must be at least 1")
+        if emo.use_temporal and n > f:
+            raise InputError(f"motion frames n={n} cannot exceed the clip length f={f}")
+        if emo.use_temporal and n + f > emo.temporal.motion_max_seq_length:
+            raise InputError(
+                f"motion frames + clip frames = {n + f} exceed the temporal modules' "
+                f"positions (model.emo.temporal.motion_max_seq_length = "
+                f"{emo.temporal.motion_max_seq_length})"
+            )
+        model = dataclasses.replace(cfg.model, emo=emo)
+        return dataclasses.replace(cfg, model=model, diffusion=diffusion)
+
+    def resolution(self, options: Options) -> int:
+        """The square side in pixels: the option, or the UNet's sample size in pixels."""
+        model = self.config.model
+        factor = vae_factor(model)
+        side = options.resolution or (model.unet.sample_size or 64) * factor
+        step = factor * 2 ** (len(model.unet.block_out_channels) - 1)
+        if side < step or side % step:
+            raise InputError(f"resolution {side}: must be a positive multiple of {step} pixels")
+        return side
+
+    def prepare(
+        self, image: Any = None, audio: Any = None, sample_rate: int | None = None, **options: Any
+    ) -> Job:
+        """Reads and checks every input (cheap: before any model work); see `Options`."""
+        opts = Options(**options)
+        if image is None or audio is None:
+            raise InputError("give both an image and an audio")
+        config = self.run_config(opts)
+        audio_cfg = config.model.audio
+        fps = round(audio_cfg.fps)
+        if fps != audio_cfg.fps:
+            raise InputError(f"model.audio.fps {audio_cfg.fps}: video needs a whole frame rate")
+        reference = prepare_reference(
+            image,
+            self.resolution(opts),
+            opts.crop_scale or config.data.crop_scale,
+            opts.face_expand,
+            opts.mask,
+            config.data.detector,
+        )
+        wave, name = read_audio(audio, sample_rate, audio_cfg.sample_rate)
+        from emo_jax.audio.features import AudioFeatures
+
+        features = AudioFeatures(audio_cfg)
+        windows = np.concatenate(list(features.iter_windows(features.prepare(wave, name))))
+        speed = speed_per_frame(opts.speed, len(windows), audio_cfg.fps)
+        return Job(config, opts, reference, wave, windows, speed, fps)
+
+    # ------------------------------------------------------------------ generation
+
+    def functions(self, job: Job) -> VideoFunctions:
+        return video_functions(job.config.model, job.config.diffusion)
+
+    def iter_clips(self, job: Job, progress: ProgressFn | None = None) -> Iterator[Clip]:
+        """Generates the clips of `job` in order (see the module doc)."""
+        fns = self.functions(job)
+        params = self.model.params
+        emo, vae = params["emo"], params["vae"]
+        f, n = job.clip_frames, job.config.model.emo.n_motion_frames
+        temporal = job.config.model.emo.use_temporal
+        clips, total = job.num_clips, job.num_frames
+        pad = clips * f - total
+        audio = np.concatenate([job.audio, np.repeat(job.audio[-1:], pad, axis=0)])
+        speed = np.concatenate([job.speed, np.repeat(job.speed[-1:], pad)])
+        mask = jnp.asarray(job.reference.mask[None])
+        ref_latent = fns.encode(vae, jnp.asarray(job.reference.image[None]))
+        base = fns.reference(emo, ref_latent)
+        seed_key = jax.random.key(job.options.seed)
+        motion_frames = motion_latents = None
+        for k in range(clips):
+            features = base
+            if temporal and motion_frames is not None:
+                motion_latents = jnp.stack(
+                    [fns.encode(vae, jnp.asarray(fr[None]))[0] for fr in motion_frames]
+                )[None]  # (1, n, h, w, 4)
+                features = {**base, "motion": fns.motion(emo, ref_latent, motion_latents)}
+            step = 0
+
+            def on_step(k=k):
+                nonlocal step
+                step += 1
+                progress(k, clips, step, fns.num_steps)
+
+            fns.on_step = on_step
+            try:
+                sample = fns.sample if progress is None else fns.sample_reporting
+                latents = sample(
+                    emo,
+                    features,
+                    jnp.asarray(audio[k * f : (k + 1) * f][None]),
+                    mask,
+                    jnp.asarray(speed[k * f : (k + 1) * f][None]),
+                    jax.random.fold_in(seed_key, k),
+                )
+                latents = jax.block_until_ready(latents)
+            finally:
+                fns.on_step = None
+            frames = self._decode(fns, vae, latents[0], job.options.decode_chunk)
+            valid = min(f, total - k * f)
+            yield Clip(
+                k,
+                frames[:valid],
+                motion_frames,
+                None if motion_latents is None else np.asarray(motion_latents),
+            )
+            motion_frames = frames[-n:] if temporal else None
+
+    @staticmethod
+    def _decode(fns: VideoFunctions, vae: Any, latents: jax.Array, chunk: int) -> np.ndarray:
+        """(F, h, w, 4) -> (F, R, R, 3) uint8, `chunk` frames per call (last chunk padded)."""
+        f = latents.shape[0]
+        chunk = max(1, min(chunk, f))
+        pad = -f % chunk
+        z = jnp.concatenate([latents, jnp.zeros((pad, *latents.shape[1:]), latents.dtype)])
+        parts = [np.asarray(fns.decode(vae, z[i : i + chunk])) for i in range(0, f + pad, chunk)]
+        return np.concatenate(parts)[:f]
+
+    def __call__(
+        self,
+        image: Any = None,
+        audio: Any = None,
+        sample_rate: int | None = None,
+        *,
+        out: str | Path | None = None,
+        frames_dir: str | Path | None = None,
+        return_frames: bool = True,
+        progress: ProgressFn | None = None,
+        **options: Any,
+    ) -> EMOOutput:
+        """Generates the video of `image` (path, PIL image or uint8 array) speaking `audio`
+        (path, or a waveform with `sample_rate`, or (waveform, rate)): `prepare` + `generate`.
+        `options` are `Options` fields."""
+        job = self.prepare(image, audio, sample_rate, **options)
+        return self.generate(job, out, frames_dir, return_frames, progress)
+
+    def generate(
+        self,
+        job: Job,
+        out: str | Path | None = None,
+        frames_dir: str | Path | None = None,
+        return_frames: bool = True,
+        progress: ProgressFn | None = None,
+    ) -> EMOOutput:
+        """Runs a prepared job. Writes an H.264 mp4 with the audio to `out` and PNG frames to
+        `frames_dir` if given, each whole or not at all; returns the frames if asked."""
+        from emo_jax.data.video import VideoWriter
+
+        start = time.perf_counter()
+        writer = png_dir = None
+        kept = []
+        try:
+            if frames_dir is not None:
+                png_dir = _PngDir(Path(frames_dir))
+            if out is not None:
+                rate = job.config.model.audio.sample_rate
+                writer = VideoWriter(out, job.fps, job.wave, rate, preset="medium")
+            for clip in self.iter_clips(job, progress):
+                if writer is not None:
+                    writer.write(clip.frames)
+                if png_dir is not None:
+                    png_dir.write(clip.frames)
+                if return_frames:
+                    kept.append(clip.frames)
+            path = writer.close() if writer is not None else None
+            frames_path = png_dir.close() if png_dir is not None else None
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            if png_dir is not None:
+                png_dir.abort()
+            raise
+        return EMOOutput(
+            frames=np.concatenate(kept) if return_frames else None,
+            num_frames=job.num_frames,
+            fps=job.fps,
+            audio=job.wave,
+            sample_rate=job.config.model.audio.sample_rate,
+            reference=job.reference,
+            path=path,
+            frames_dir=frames_path,
+            seconds=time.perf_counter() - start,
+        )
+
+
+class _PngDir:
+    """PNG frames 000000.png, ... written to a temporary folder, renamed into place at the end."""
+
+    def __init__(self, path: Path):
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise InputError(f"{path}: the frames folder exists and is not empty")
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        self.count = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        from PIL import Image
+
+        for frame in frames:
+            Image.fromarray(frame).save(self.tmp / f"{self.count:06d}.png")
+            self.count += 1
+
+    def close(self) -> Path:
+        if self.path.exists():
+            self.path.rmdir()
+        self.tmp.rename(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -1,0 +1,112 @@
+"""The jitted pieces of generation, built once per (model config, diffusion config) and shared
+by every pipeline with those configs, so each compiles once per video shape:
+
+  encode     one uint8 frame (1, H, W, 3) -> scaled VAE latent (1, h, w, 4) (the mean)
+  reference  ReferenceNet on the reference latent: its features, with zero motion maps
+             (the paper's first clip) - once per video
+  motion     ReferenceNet on the motion latents (1, n, h, w, 4): motion features - once per clip
+             (`encode_reference` passes the reference through again, about 1/(n+1) of this
+             call and ~0.1% of a clip; its reference features are not used)
+  sample     one clip: noise from a key, all denoising steps in one `lax.fori_loop`, every
+             guidance pass batched into one forward (`sample_reporting`: the same, reporting
+             each step)
+  decode     scaled latents (k, h, w, 4) -> uint8 frames (k, H, W, 3)
+
+Progress: `sample_reporting`'s denoiser makes one `jax.debug.callback` per step, which calls
+`on_step()`. A host callback keeps an executable out of JAX's persistent compilation cache,
+so `sample` (used when no one watches the progress) has none.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from emo_jax.config import DiffusionConfig, ModelConfig
+from emo_jax.diffusion import Guidance, guided, make_sampler, sample
+from emo_jax.models.emo import EMOModel, encode_reference
+from emo_jax.models.vae import AutoencoderKL, scale_latents, unscale_latents
+
+
+def vae_factor(config: ModelConfig) -> int:
+    """Pixels per latent along each axis (8 for the SD VAE)."""
+    return 2 ** (len(config.vae.block_out_channels) - 1)
+
+
+def _tile(tree: Any, times: int) -> Any:
+    """Every leaf repeated `times` along the batch axis, pass-major (as `guided` stacks rows)."""
+    return jax.tree_util.tree_map(lambda x: jnp.concatenate([x] * times, axis=0), tree)
+
+
+class VideoFunctions:
+    """The jitted encode / reference / motion / sample / decode functions (params are args)."""
+
+    def __init__(self, model_config: ModelConfig, diffusion: DiffusionConfig):
+        self.model = EMOModel(model_config)
+        self.vae = AutoencoderKL(model_config.vae)
+        self.factor = vae_factor(model_config)
+        self.guidance = Guidance.from_config(diffusion)
+        self.sampler = make_sampler(diffusion)
+        self.on_step: Callable[[], None] | None = None
+        self.encode = jax.jit(self._encode)
+        self.reference = jax.jit(lambda p, ref: encode_reference(self.model, p, ref))
+        self.motion = jax.jit(
+            lambda p, ref, mot: encode_reference(self.model, p, ref, mot)["motion"]
+        )
+        self.sample = jax.jit(functools.partial(self._sample, report=False))
+        self.sample_reporting = jax.jit(functools.partial(self._sample, report=True))
+        self.decode = jax.jit(self._decode)
+
+    @property
+    def num_steps(self) -> int:
+        return self.sampler.num_steps
+
+    def _encode(self, vae_params: Any, frame: jax.Array) -> jax.Array:
+        x = frame.astype(jnp.float32) / 127.5 - 1.0  # (1, H, W, 3) in [-1, 1]
+        mean, _ = self.vae.apply({"params": vae_params}, x, method=AutoencoderKL.encode)
+        return scale_latents(mean, self.vae.config)
+
+    def _decode(self, vae_params: Any, latents: jax.Array) -> jax.Array:
+        z = unscale_latents(latents, self.vae.config)
+        x = self.vae.apply({"params": vae_params}, z, method=AutoencoderKL.decode)
+        return jnp.round((jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
+
+    def _tick(self, _t: jax.Array) -> None:
+        if self.on_step is not None:
+            self.on_step()
+
+    def _sample(
+        self,
+        params: Any,
+        features: dict,
+        audio: jax.Array,
+        mask: jax.Array,
+        speed: jax.Array,
+        key: jax.Array,
+        report: bool,
+    ) -> jax.Array:
+        """Latents (1, F, h, w, C) of one clip: audio (1, F, 2m+1, layers, dim), mask (1, H, W),
+        speed (1, F)."""
+        f, h, w = audio.shape[1], mask.shape[1] // self.factor, mask.shape[2] // self.factor
+        noise_key, step_key = jax.random.split(key)
+        shape = (1, f, h, w, self.model.config.unet.in_channels)
+        noise = jax.random.normal(noise_key, shape, jnp.float32)
+        passes = len(self.guidance.passes)
+        feats, audio, mask, speed = _tile((features, audio, mask, speed), passes)
+
+        def denoise(x: jax.Array, t: jax.Array, keep: dict) -> jax.Array:
+            if report:
+                jax.debug.callback(self._tick, t)
+            return self.model.apply({"params": params}, x, t, feats, audio, mask, speed, keep)
+
+        return sample(guided(denoise, self.guidance), noise, self.sampler, step_key)
+
+
+@functools.lru_cache(maxsize=4)
+def video_functions(model_config: ModelConfig, diffusion: DiffusionConfig) -> VideoFunctions:
+    """The shared `VideoFunctions` for these configs."""
+    return VideoFunctions(model_config, diffusion)

@@ -1,0 +1,140 @@
+"""Bad input to `emo-jax generate`: exit code 2, one clear line, nothing left at --out."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emo_jax.checkpoint.bundle import save_bundle
+from emo_jax.cli import main
+from emo_jax.pipeline import EMOPipeline, RandomWeightsWarning
+
+ASSETS = Path(__file__).resolve().parents[1] / "emo_jax" / "assets"
+IMAGE, AUDIO = str(ASSETS / "portrait.png"), str(ASSETS / "speech.wav")
+
+
+def run_bad(capsys, tmp_path: Path, *args: str) -> str:
+    """Runs generate with `args`; checks exit 2, one error line, no traceback, no files."""
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main(["generate", "--out", str(out / "video.mp4"), "--resolution", "64", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("emo-jax generate: error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert list(out.iterdir()) == []
+    return errors[0]
+
+
+@pytest.fixture
+def noise_image(tmp_path) -> Path:
+    path = tmp_path / "noise.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (96, 160, 3), np.uint8)).save(path)
+    return path
+
+
+def test_missing_image(capsys, tmp_path):
+    line = run_bad(capsys, tmp_path, "--image", str(tmp_path / "nope.png"), "--audio", AUDIO)
+    assert "nope.png: image file not found" in line
+
+
+def test_unreadable_image(capsys, tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    line = run_bad(capsys, tmp_path, "--image", str(tmp_path / "text.png"), "--audio", AUDIO)
+    assert "text.png: not a readable image" in line
+
+
+def test_missing_audio(capsys, tmp_path):
+    line = run_bad(capsys, tmp_path, "--image", IMAGE, "--audio", str(tmp_path / "nope.wav"))
+    assert "nope.wav: audio file not found" in line
+
+
+def test_unreadable_audio(capsys, tmp_path):
+    (tmp_path / "text.wav").write_text("not audio at all, just some text" * 10)
+    line = run_bad(capsys, tmp_path, "--image", IMAGE, "--audio", str(tmp_path / "text.wav"))
+    assert "text.wav: not an audio file" in line
+
+
+def test_no_face_suggests_mask(capsys, tmp_path, noise_image):
+    line = run_bad(capsys, tmp_path, "--image", str(noise_image), "--audio", AUDIO)
+    assert "no face found" in line and "--mask" in line
+
+
+def test_mask_lets_a_faceless_portrait_through(tmp_path, noise_image):
+    mask = np.zeros((96, 160), np.uint8)
+    mask[20:60, 70:110] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        pipe = EMOPipeline.from_pretrained(None)
+    job = pipe.prepare(noise_image, AUDIO, mask=tmp_path / "mask.png", resolution=64)
+    assert job.reference.face_box is None and job.reference.crop == (32, 0, 96)
+    expected = np.zeros((64, 64), np.float32)
+    expected[13:40, 25:52] = 1  # (20..60, 38..78) in the 96 px centre crop, scaled by 2/3
+    assert np.abs(job.reference.mask - expected).sum() <= 64 * 2  # edge rows / columns
+
+
+def test_wrong_size_mask(capsys, tmp_path):
+    Image.fromarray(np.full((20, 30), 255, np.uint8)).save(tmp_path / "mask.png")
+    line = run_bad(capsys, tmp_path, "--mask", str(tmp_path / "mask.png"))
+    assert "mask.png: the mask is 30x20 px, the portrait 256x256" in line
+
+
+def test_bad_options(capsys, tmp_path):
+    assert "resolution 50" in run_bad(capsys, tmp_path, "--resolution", "50")
+    (tmp_path / "speed.txt").write_text("0.5\nfast\n")
+    (tmp_path / "out").rmdir()
+    assert "speed.txt:2: 'fast' is not a number" in run_bad(
+        capsys, tmp_path, "--speed", str(tmp_path / "speed.txt")
+    )
+    (tmp_path / "out").rmdir()
+    assert "exceed the temporal modules' positions" in run_bad(
+        capsys, tmp_path, "--clip-frames", "14"
+    )
+
+
+def test_checkpoint_that_does_not_fit(capsys, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        pipe = EMOPipeline.from_pretrained(None)
+    params = pipe.model.params
+    emo = dict(params["emo"])
+    emo.pop("speed_encoder")
+    emo["face_locator"] = {**emo["face_locator"]}
+    block = emo["face_locator"]["blocks_0"]
+    emo["face_locator"]["blocks_0"] = {**block, "bias": np.zeros(3, np.float32)}
+    save_bundle(tmp_path / "bundle", pipe.config, {"emo": emo, "vae": params["vae"]})
+    line = run_bad(capsys, tmp_path, "--checkpoint", str(tmp_path / "bundle"))
+    assert "the params do not fit the config" in line
+    assert "missing: emo/speed_encoder/linear_1/bias" in line
+    assert "shape: emo/face_locator/blocks_0/bias (3,) != (8,)" in line
+
+
+def test_checkpoint_not_a_bundle(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    line = run_bad(capsys, tmp_path, "--checkpoint", str(tmp_path / "empty"))
+    assert "empty: not a model bundle" in line
+
+
+def test_failure_mid_video_leaves_nothing(tmp_path, monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        pipe = EMOPipeline.from_pretrained(None)
+    calls = []
+    decode = EMOPipeline._decode
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk on fire")
+        return decode(*args)
+
+    monkeypatch.setattr(EMOPipeline, "_decode", staticmethod(failing))
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        pipe(
+            IMAGE, AUDIO, out=tmp_path / "v.mp4", frames_dir=tmp_path / "f", resolution=64, steps=1
+        )
+    assert list(tmp_path.iterdir()) == []
