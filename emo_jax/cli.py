@@ -9,9 +9,15 @@ import sys
 from emo_jax.errors import InputError
 
 # Each module defines `register(subparsers)`, which adds its sub-command(s) and sets `func`.
-COMMAND_MODULES = ("emo_jax.commands.info", "emo_jax.commands.audio_features")
-COMMAND_MODULES += ("emo_jax.commands.synth", "emo_jax.commands.preprocess")
-COMMAND_MODULES += ("emo_jax.commands.generate",)
+COMMAND_MODULES = (
+    "emo_jax.commands.info",
+    "emo_jax.commands.generate",
+    "emo_jax.commands.train",
+    "emo_jax.commands.convert",
+    "emo_jax.commands.synth",
+    "emo_jax.commands.preprocess",
+    "emo_jax.commands.audio_features",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -349,6 +349,22 @@ class TemporalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MotionAdapterConfig:
+    """diffusers `MotionAdapter` config (the AnimateDiff motion modules on their own)."""
+
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    motion_layers_per_block: int = 2
+    motion_transformer_layers_per_block: int = 1
+    motion_mid_block_layers_per_block: int = 1
+    motion_transformer_layers_per_mid_block: int = 1
+    motion_num_attention_heads: int | tuple[int, ...] = 8
+    motion_norm_num_groups: int = 32
+    motion_max_seq_length: int = 32
+    use_motion_mid_block: bool = True
+    conv_in_channels: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class EMOConfig:
     """What EMO adds to the SD1.5 UNet, and which parts are switched on (the stages)."""
 
@@ -450,7 +466,9 @@ class DataConfig:
         if self.mode not in ("video", "image"):
             raise ConfigError(f"data.mode: {self.mode!r} is not one of video, image")
         if self.sample_rate % self.fps:
-            raise ConfigError(f"data.sample_rate {self.sample_rate} is not a multiple of fps {self.fps}")
+            raise ConfigError(
+                f"data.sample_rate {self.sample_rate} is not a multiple of fps {self.fps}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from emo_jax.checkpoint.convert import ConversionError, torch_to_flax
+from emo_jax.checkpoint.convert import ConversionError, flax_to_torch, torch_to_flax
 from emo_jax.checkpoint.torch_io import find_weights, load_state_dict
+from emo_jax.config import Config
 from emo_jax.errors import InputError
 
 REFERENCE_UNUSED = r"^(conv_norm_out|conv_out)\.|transformer_blocks\.\d+\.(attn2|norm2)\."
@@ -96,42 +97,96 @@ def unet_weights(path: str | Path) -> Path:
     return find_weights(path, ("diffusion_pytorch_model",))
 
 
+def load_sd15_unet(
+    params: dict, state_dict: dict, source: str, allow_unused: bool = False
+) -> tuple[dict, list[PartReport]]:
+    """An SD1.5 UNet state dict (diffusers names) into the ReferenceNet and the backbone."""
+    params, ref = load_into(
+        params, "reference_unet", state_dict, lambda p: True, REFERENCE_UNUSED, source, allow_unused
+    )
+    params, backbone = load_into(
+        params,
+        "denoising_unet",
+        state_dict,
+        lambda p: not (_is_motion(p) or _is_audio_attention(p)),
+        BACKBONE_UNUSED,
+        source,
+        allow_unused,
+    )
+    return params, [ref, backbone]
+
+
+def load_motion_adapter(
+    params: dict, state_dict: dict, source: str, allow_unused: bool = False
+) -> tuple[dict, PartReport]:
+    """A MotionAdapter state dict (diffusers names) into the backbone's temporal modules."""
+    return load_into(
+        params,
+        "denoising_unet",
+        state_dict,
+        lambda p: _is_motion(p) and not _is_speed(p),
+        ADAPTER_UNUSED,
+        source,
+        allow_unused,
+    )
+
+
 def init_from_pretrained(
     params: dict,
     sd15_unet: str | Path | None = None,
     motion_adapter: str | Path | None = None,
     allow_unused: bool = False,
 ) -> tuple[dict, list[PartReport]]:
-    """EMO params with the given PyTorch parts loaded; one report per (source, component)."""
+    """EMO params with PyTorch parts loaded from diffusers folders or weight files; one report
+    per (source, component)."""
     reports = []
     if sd15_unet is not None:
         weights = unet_weights(sd15_unet)
-        sd = load_state_dict(weights)
-        params, rep = load_into(
-            params, "reference_unet", sd, lambda p: True, REFERENCE_UNUSED, str(weights), allow_unused
-        )
-        reports.append(rep)
-        params, rep = load_into(
-            params,
-            "denoising_unet",
-            sd,
-            lambda p: not (_is_motion(p) or _is_audio_attention(p)),
-            BACKBONE_UNUSED,
-            str(weights),
-            allow_unused,
-        )
-        reports.append(rep)
+        params, reps = load_sd15_unet(params, load_state_dict(weights), str(weights), allow_unused)
+        reports += reps
     if motion_adapter is not None:
         path = Path(motion_adapter)
         weights = find_weights(path, ("diffusion_pytorch_model",)) if path.is_dir() else path
-        params, rep = load_into(
-            params,
-            "denoising_unet",
-            load_state_dict(weights),
-            lambda p: _is_motion(p) and not _is_speed(p),
-            ADAPTER_UNUSED,
-            str(weights),
-            allow_unused,
+        params, rep = load_motion_adapter(
+            params, load_state_dict(weights), str(weights), allow_unused
         )
         reports.append(rep)
     return params, reports
+
+
+def build_emo_bundle(
+    config: Config,
+    sd_source: str | Path,
+    motion_source: str | Path | None,
+    dst: str | Path,
+    allow_unused: bool = False,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> list[PartReport]:
+    """A model bundle to start training from: a fresh EMO of `config` with an SD1.5 checkpoint
+    (any format `emo-jax convert` reads) in its ReferenceNet/backbone and VAE, and optionally
+    AnimateDiff motion modules."""
+    from emo_jax.checkpoint.bundle import save_bundle
+    from emo_jax.checkpoint.formats import read
+    from emo_jax.models.emo import EMOModel, init_params
+
+    if Path(dst).exists() and not overwrite:
+        raise InputError(f"{dst}: already exists (use --overwrite to replace it)")
+    sd = read(sd_source, config=config)
+    parts = sd.params if sd.kind == "sd" else {sd.kind: sd.params}
+    if "unet" not in parts or "vae" not in parts:
+        raise InputError(f"{sd_source}: needs both a UNet and a VAE to start an EMO model")
+    params = init_params(EMOModel(config.model), seed)
+    params, reports = load_sd15_unet(
+        params, flax_to_torch(parts["unet"]), str(sd_source), allow_unused
+    )
+    if motion_source is not None:
+        mm = read(motion_source)
+        if mm.kind != "motion_adapter":
+            raise InputError(f"{motion_source}: not AnimateDiff motion modules (found {mm.kind})")
+        params, rep = load_motion_adapter(
+            params, flax_to_torch(mm.params), str(motion_source), allow_unused
+        )
+        reports.append(rep)
+    save_bundle(dst, config, {"emo": params, "vae": parts["vae"]}, overwrite=overwrite)
+    return reports

@@ -21,7 +21,6 @@ weights make diffusers' attention add nothing, so the PyTorch twin runs the fold
 from __future__ import annotations
 
 import dataclasses
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -43,7 +42,6 @@ from emo_jax.checkpoint.torch_io import (
 )
 from emo_jax.config import Config, from_dict, to_dict
 from emo_jax.errors import InputError
-from emo_jax.nn.transformer import sinusoidal_positions
 
 INDEX = "emo_index.json"
 FORMAT = "emo_jax-export"
@@ -109,21 +107,6 @@ def _part_config(part: Part, config: Config) -> dict:
     emo, unet = config.model.emo, config.model.unet
     if part.class_name == "UNet2DConditionModel":
         return {"_class_name": "UNet2DConditionModel", **to_dict(unet)}
-    if part.name == "motion_module":
-        t = emo.temporal
-        return {
-            "_class_name": "MotionAdapter",
-            "block_out_channels": list(unet.block_out_channels),
-            "motion_layers_per_block": unet.layers_per_block,
-            "motion_transformer_layers_per_block": t.motion_transformer_layers_per_block,
-            "motion_mid_block_layers_per_block": 1,
-            "motion_transformer_layers_per_mid_block": t.motion_transformer_layers_per_block,
-            "motion_num_attention_heads": t.motion_num_attention_heads,
-            "motion_norm_num_groups": t.motion_norm_num_groups,
-            "motion_max_seq_length": t.motion_max_seq_length,
-            "use_motion_mid_block": t.use_motion_mid_block,
-            "conv_in_channels": None,
-        }
     settings = {
         "speed_encoder": {
             k: getattr(emo, k)
@@ -148,20 +131,9 @@ def _part_config(part: Part, config: Config) -> dict:
     return {"_class_name": part.class_name, **to_dict(settings)}
 
 
-def _pos_tables(state_dict: dict, max_len: int) -> dict:
-    """AnimateDiff's fixed position tables, which diffusers stores as `pos_embed.pe`."""
-    out = {}
-    for k, v in state_dict.items():
-        m = re.match(r"(.*transformer_blocks\.\d+)\.norm1\.weight$", k)
-        if m:
-            out[f"{m.group(1)}.pos_embed.pe"] = np.asarray(
-                sinusoidal_positions(max_len, v.shape[0])
-            )[None]
-    return out
-
-
 def export_model(folder: str | Path, config: Config, params: dict, overwrite: bool = False) -> None:
     """Writes the exported folder for a model bundle's params {"emo": ..., "vae": ...}."""
+    from emo_jax.models.motion_adapter import MOTION_ADAPTER_FORMAT, adapter_config
     from emo_jax.models.vae import VAE_FORMAT
 
     folder = Path(folder).absolute()
@@ -182,7 +154,14 @@ def export_model(folder: str | Path, config: Config, params: dict, overwrite: bo
                 placeholders[part.name] = sorted(missing)
                 sd.update({k: np.zeros(s, np.float32) for k, s in missing.items()})
             if part.name == "motion_module":
-                sd.update(_pos_tables(sd, config.model.emo.temporal.motion_max_seq_length))
+                save_pretrained(
+                    tree,
+                    adapter_config(config.model.unet, config.model.emo),
+                    tmp / part.name,
+                    MOTION_ADAPTER_FORMAT,
+                )
+                components[part.name] = part.name
+                continue
             save_safetensors(sd, tmp / part.name / WEIGHTS)
             write_json(_part_config(part, config), tmp / part.name / "config.json")
             components[part.name] = part.name

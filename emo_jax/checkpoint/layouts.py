@@ -56,25 +56,29 @@ def _unet_modules(cfg: UNetConfig) -> list[tuple[str, str, str]]:
         ("mid_block.resnets.1", "middle_block.2", "resnet"),
     ]
     for b, kind in enumerate(cfg.down_block_types):
-        for l in range(lpb):
-            i = 1 + b * (lpb + 1) + l
-            out.append((f"down_blocks.{b}.resnets.{l}", f"input_blocks.{i}.0", "resnet"))
+        for j in range(lpb):
+            i = 1 + b * (lpb + 1) + j
+            out.append((f"down_blocks.{b}.resnets.{j}", f"input_blocks.{i}.0", "resnet"))
             if kind.startswith("CrossAttn"):
-                out.append((f"down_blocks.{b}.attentions.{l}", f"input_blocks.{i}.1", "plain"))
+                out.append((f"down_blocks.{b}.attentions.{j}", f"input_blocks.{i}.1", "plain"))
         if b < n - 1:
             i = (b + 1) * (lpb + 1)
             out.append((f"down_blocks.{b}.downsamplers.0.conv", f"input_blocks.{i}.0.op", "plain"))
     for b, kind in enumerate(cfg.up_block_types):
         attn = kind.startswith("CrossAttn")
-        for l in range(lpb + 1):
-            i = b * (lpb + 1) + l
-            out.append((f"up_blocks.{b}.resnets.{l}", f"output_blocks.{i}.0", "resnet"))
+        for j in range(lpb + 1):
+            i = b * (lpb + 1) + j
+            out.append((f"up_blocks.{b}.resnets.{j}", f"output_blocks.{i}.0", "resnet"))
             if attn:
-                out.append((f"up_blocks.{b}.attentions.{l}", f"output_blocks.{i}.1", "plain"))
+                out.append((f"up_blocks.{b}.attentions.{j}", f"output_blocks.{i}.1", "plain"))
         if b < n - 1:
             i = b * (lpb + 1) + lpb
             out.append(
-                (f"up_blocks.{b}.upsamplers.0.conv", f"output_blocks.{i}.{2 if attn else 1}.conv", "plain")
+                (
+                    f"up_blocks.{b}.upsamplers.0.conv",
+                    f"output_blocks.{i}.{2 if attn else 1}.conv",
+                    "plain",
+                )
             )
     return out
 
@@ -92,15 +96,35 @@ def _vae_modules(cfg: VAEConfig) -> list[tuple[str, str, str]]:
             (f"{side}.mid_block.resnets.1", f"{side}.mid.block_2", "vae_resnet"),
         ]
     for b in range(n):
-        for l in range(cfg.layers_per_block):
-            out.append((f"encoder.down_blocks.{b}.resnets.{l}", f"encoder.down.{b}.block.{l}", "vae_resnet"))
+        for j in range(cfg.layers_per_block):
+            out.append(
+                (
+                    f"encoder.down_blocks.{b}.resnets.{j}",
+                    f"encoder.down.{b}.block.{j}",
+                    "vae_resnet",
+                )
+            )
         if b < n - 1:
-            out.append((f"encoder.down_blocks.{b}.downsamplers.0.conv", f"encoder.down.{b}.downsample.conv", "plain"))
+            out.append(
+                (
+                    f"encoder.down_blocks.{b}.downsamplers.0.conv",
+                    f"encoder.down.{b}.downsample.conv",
+                    "plain",
+                )
+            )
         u = n - 1 - b  # the LDM decoder numbers its levels from the bottom
-        for l in range(cfg.layers_per_block + 1):
-            out.append((f"decoder.up_blocks.{b}.resnets.{l}", f"decoder.up.{u}.block.{l}", "vae_resnet"))
+        for j in range(cfg.layers_per_block + 1):
+            out.append(
+                (f"decoder.up_blocks.{b}.resnets.{j}", f"decoder.up.{u}.block.{j}", "vae_resnet")
+            )
         if b < n - 1:
-            out.append((f"decoder.up_blocks.{b}.upsamplers.0.conv", f"decoder.up.{u}.upsample.conv", "plain"))
+            out.append(
+                (
+                    f"decoder.up_blocks.{b}.upsamplers.0.conv",
+                    f"decoder.up.{u}.upsample.conv",
+                    "plain",
+                )
+            )
     return out
 
 
@@ -114,7 +138,9 @@ def _inner(rest: str, kind: str) -> str:
     return rest
 
 
-def key_table(diffusers_keys: Iterable[str], modules: list[tuple[str, str, str]], prefix: str) -> dict:
+def key_table(
+    diffusers_keys: Iterable[str], modules: list[tuple[str, str, str]], prefix: str
+) -> dict:
     """{diffusers key: original key} for every key (longest module prefix wins)."""
     by_len = sorted(modules, key=lambda m: -len(m[0]))
     table = {}
@@ -151,7 +177,9 @@ def to_original(state_dict: dict, table: dict) -> dict:
     return out
 
 
-def from_original(state_dict: dict, table: dict, source: str = "checkpoint") -> tuple[dict, list[str]]:
+def from_original(
+    state_dict: dict, table: dict, source: str = "checkpoint"
+) -> tuple[dict, list[str]]:
     """Original layout -> diffusers names for the keys in `table`; (state dict, missing keys)."""
     out, missing = {}, []
     for ours, theirs in table.items():

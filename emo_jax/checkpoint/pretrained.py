@@ -42,6 +42,8 @@ class FolderFormat:
     legacy_stems: tuple[str, ...] = ()  # older weight file names, e.g. "pytorch_model"
     # Loaded state dict -> the keys the rules expect (strip a task model's prefix, old names).
     adapt_state_dict: Callable[[dict], dict] = lambda sd: sd
+    # (config, state dict to save) -> derived tensors the library also stores (fixed buffers).
+    extra_tensors: Callable[[Any, dict], dict] = lambda cfg, sd: {}
 
 
 def read_config(folder: Path, fmt: FolderFormat) -> Any:
@@ -104,7 +106,9 @@ def save_pretrained(params: Any, cfg: Any, folder: str | Path, fmt: FolderFormat
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         write_json(config_json(cfg, fmt), tmp / "config.json")
-        save_safetensors(flax_to_torch(params, fmt.renames), tmp / f"{fmt.weight_stem}.safetensors")
+        sd = flax_to_torch(params, fmt.renames)
+        sd.update(fmt.extra_tensors(cfg, sd))
+        save_safetensors(sd, tmp / f"{fmt.weight_stem}.safetensors")
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)

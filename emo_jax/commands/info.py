@@ -12,7 +12,9 @@ from emo_jax.config import load_config, to_dict
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print a config and its parameter counts per component")
     p.add_argument("--config", help="YAML config (defaults: SD1.5 sizes)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.unet.layers_per_block=1")
+    p.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. model.unet.layers_per_block=1"
+    )
     p.add_argument("--quiet-config", action="store_true", help="print only the counts")
     p.set_defaults(func=run)
 

@@ -121,8 +121,15 @@ class EMOModel(nn.Module):
         emo = self.config.emo
         b, f, h, w, c = latents.shape
         keep = keep or {}
-        mask = lambda name, x: x if name not in keep else x * keep[name].astype(x.dtype).reshape(  # noqa: E731
-            (-1,) + (1,) * (x.ndim - 1)
+        mask = lambda name, x: (
+            x
+            if name not in keep
+            else x
+            * keep[name]
+            .astype(x.dtype)
+            .reshape(  # noqa: E731
+                (-1,) + (1,) * (x.ndim - 1)
+            )
         )
         x = latents.reshape(b * f, h, w, c)  # (B*F, h, w, 4)
         t = jnp.repeat(jnp.broadcast_to(jnp.asarray(timesteps), (b,)), f)  # (B*F,)
@@ -162,7 +169,9 @@ class EMOModel(nn.Module):
 
     def init_all(self, latents, timesteps, reference_latent, audio, face_mask, speed):
         """Touches every submodule (the `method` for `init`)."""
-        return self(latents, timesteps, self.encode_reference(reference_latent), audio, face_mask, speed)
+        return self(
+            latents, timesteps, self.encode_reference(reference_latent), audio, face_mask, speed
+        )
 
 
 def mask_rows(x: jax.Array, keep: jax.Array) -> jax.Array:
@@ -181,7 +190,10 @@ def _unwrap(variables: Any) -> dict:
 
 
 def encode_reference(
-    model: EMOModel, params: Any, reference_latent: jax.Array, motion_latents: jax.Array | None = None
+    model: EMOModel,
+    params: Any,
+    reference_latent: jax.Array,
+    motion_latents: jax.Array | None = None,
 ) -> dict:
     """`EMOModel.encode_reference` as a function of the params (once per video / clip)."""
     features, _ = model.apply(
@@ -233,5 +245,7 @@ def init_params(model: EMOModel, seed: int = 0) -> Any:
 def abstract_params(model: EMOModel) -> Any:
     """Param shapes, nothing allocated."""
     return jax.eval_shape(
-        lambda: model.init(jax.random.key(0), *dummy_inputs(model.config, 1), method=EMOModel.init_all)
+        lambda: model.init(
+            jax.random.key(0), *dummy_inputs(model.config, 1), method=EMOModel.init_all
+        )
     )["params"]
