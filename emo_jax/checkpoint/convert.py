@@ -203,6 +203,26 @@ def torch_to_flax(
     return params, missing, unexpected
 
 
+def torch_entries(params: Any, renames: Iterable[Rename] = ()) -> list:
+    """The PyTorch tensors of `params` as lazy `torch_io.Entry`s: each is transposed only
+    when written, so saving holds one converted tensor at a time."""
+    from emo_jax.checkpoint.torch_io import Entry
+
+    out = []
+    for r, leaf in zip(_rules(params, renames), jax.tree_util.tree_leaves(params)):
+        out.append(
+            Entry(
+                r.key,
+                torch_shape(r),
+                np.dtype(leaf.dtype),
+                lambda leaf=leaf, perm=r.perm: (
+                    np.transpose(np.asarray(leaf), perm) if perm else np.asarray(leaf)
+                ),
+            )
+        )
+    return out
+
+
 def flax_to_torch(params: Any, renames: Iterable[Rename] = ()) -> dict[str, np.ndarray]:
     """Flax params -> PyTorch state dict of contiguous numpy arrays (the exact inverse)."""
     out = {}
@@ -210,13 +230,6 @@ def flax_to_torch(params: Any, renames: Iterable[Rename] = ()) -> dict[str, np.n
         value = np.asarray(leaf)
         out[r.key] = np.ascontiguousarray(np.transpose(value, r.perm) if r.perm else value)
     return out
-
-
-def fill_missing(params: Any, init_params: Any) -> Any:
-    """Leaves that are None in `params` (missing from a partial load) take `init_params`."""
-    return jax.tree_util.tree_map(
-        lambda p, i: i if p is None else p, params, init_params, is_leaf=lambda x: x is None
-    )
 
 
 def rename_keys(state_dict: Mapping[str, Any], fn: Callable[[str], str | None]) -> dict:

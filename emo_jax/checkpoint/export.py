@@ -30,10 +30,11 @@ import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from emo_jax.checkpoint.convert import ConversionError, flax_to_torch, torch_shapes, torch_to_flax
+from emo_jax.checkpoint.convert import ConversionError, torch_entries, torch_shapes, torch_to_flax
 from emo_jax.checkpoint.pretrained import abstract_params as folder_params
 from emo_jax.checkpoint.pretrained import save_pretrained
 from emo_jax.checkpoint.torch_io import (
+    Entry,
     find_weights,
     load_state_dict,
     read_json,
@@ -148,11 +149,15 @@ def export_model(folder: str | Path, config: Config, params: dict, overwrite: bo
             tree = _part_tree(flat, part)
             if not tree:
                 continue
-            sd = flax_to_torch(tree)
+            entries = torch_entries(tree)
             if part.class_name == "UNet2DConditionModel":
-                missing = {k: s for k, s in _unet_shapes(config).items() if k not in sd}
+                have = {e.key for e in entries}
+                missing = {k: s for k, s in _unet_shapes(config).items() if k not in have}
                 placeholders[part.name] = sorted(missing)
-                sd.update({k: np.zeros(s, np.float32) for k, s in missing.items()})
+                entries += [
+                    Entry(k, s, np.dtype(np.float32), lambda s=s: np.zeros(s, np.float32))
+                    for k, s in missing.items()
+                ]
             if part.name == "motion_module":
                 save_pretrained(
                     tree,
@@ -162,7 +167,7 @@ def export_model(folder: str | Path, config: Config, params: dict, overwrite: bo
                 )
                 components[part.name] = part.name
                 continue
-            save_safetensors(sd, tmp / part.name / WEIGHTS)
+            save_safetensors(entries, tmp / part.name / WEIGHTS)
             write_json(_part_config(part, config), tmp / part.name / "config.json")
             components[part.name] = part.name
         save_pretrained(params["vae"], config.model.vae, tmp / "vae", VAE_FORMAT)

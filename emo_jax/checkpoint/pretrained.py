@@ -13,12 +13,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from emo_jax.checkpoint.convert import Rename, flax_to_torch, torch_to_flax
+from emo_jax.checkpoint.convert import Rename, torch_entries, torch_to_flax
 from emo_jax.checkpoint.torch_io import (
     find_weights,
     load_state_dict,
     read_json,
     save_safetensors,
+    to_entries,
     write_json,
 )
 from emo_jax.config import ConfigError, from_dict, to_dict
@@ -42,7 +43,7 @@ class FolderFormat:
     legacy_stems: tuple[str, ...] = ()  # older weight file names, e.g. "pytorch_model"
     # Loaded state dict -> the keys the rules expect (strip a task model's prefix, old names).
     adapt_state_dict: Callable[[dict], dict] = lambda sd: sd
-    # (config, state dict to save) -> derived tensors the library also stores (fixed buffers).
+    # (config, {key: Entry} to save) -> derived tensors the library also stores (fixed buffers).
     extra_tensors: Callable[[Any, dict], dict] = lambda cfg, sd: {}
 
 
@@ -106,9 +107,9 @@ def save_pretrained(params: Any, cfg: Any, folder: str | Path, fmt: FolderFormat
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         write_json(config_json(cfg, fmt), tmp / "config.json")
-        sd = flax_to_torch(params, fmt.renames)
-        sd.update(fmt.extra_tensors(cfg, sd))
-        save_safetensors(sd, tmp / f"{fmt.weight_stem}.safetensors")
+        entries = torch_entries(params, fmt.renames)
+        extra = fmt.extra_tensors(cfg, {e.key: e for e in entries})
+        save_safetensors(entries + to_entries(extra), tmp / f"{fmt.weight_stem}.safetensors")
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)

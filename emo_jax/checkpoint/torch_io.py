@@ -5,10 +5,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import struct
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,16 +20,6 @@ from emo_jax.errors import InputError
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pth", ".pt")
-
-
-def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def _load_pickle(path: Path) -> dict[str, np.ndarray]:
@@ -57,22 +51,31 @@ def _load_pickle(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """A weight file, or a sharded set named by its `*.index.json`, as numpy arrays."""
+def load_state_dict(path: str | Path) -> Mapping[str, np.ndarray]:
+    """A weight file, or a sharded set named by its `*.index.json`, as numpy arrays.
+
+    Safetensors are read lazily, tensor by tensor (memory-mapped), so converting a checkpoint
+    holds about one copy of the weights; pickles load whole.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.name.endswith(".index.json"):
         try:
-            index = json.loads(path.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise InputError(f"{path}: not a valid shard index (no weight_map)") from None
-        out: dict[str, np.ndarray] = {}
-        for shard in sorted(set(index.values())):
-            out.update(load_state_dict(path.parent / shard))
-        return out
+        if not all(s.endswith(".safetensors") for s in shards):
+            out: dict[str, np.ndarray] = {}
+            for shard in shards:
+                out.update(load_state_dict(path.parent / shard))
+            return out
+        files: dict[str, Path] = {}
+        for shard in shards:
+            files.update(LazyStateDict.open(path.parent / shard)._files)
+        return LazyStateDict(files)
     if path.suffix in SAFE_SUFFIXES:
-        return _load_safetensors(path)
+        return LazyStateDict.open(path)
     if path.suffix in PICKLE_SUFFIXES:
         return _load_pickle(path)
     raise InputError(f"{path}: unknown weight file type (expected .safetensors, .bin, .ckpt, .pth)")
@@ -96,6 +99,9 @@ def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the result private
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -104,11 +110,98 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_safetensors(state_dict: dict[str, np.ndarray], path: str | Path) -> None:
-    """Writes a state dict as safetensors, atomically."""
-    from safetensors.numpy import save_file
+_DTYPES = {
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.float64): "F64",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
+}
 
-    atomic_write(Path(path), lambda tmp: save_file(state_dict, str(tmp)))
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One tensor to write: its key, shape, dtype, and how to make it (called once, when written)."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    make: Callable[[], np.ndarray]
+
+
+def to_entries(tensors: dict[str, np.ndarray]) -> list[Entry]:
+    """Arrays as entries for `save_safetensors`."""
+    return [
+        Entry(k, tuple(np.shape(v)), np.asarray(v).dtype, lambda v=v: v) for k, v in tensors.items()
+    ]
+
+
+def save_safetensors(tensors: dict[str, np.ndarray] | list[Entry], path: str | Path) -> None:
+    """Writes safetensors atomically, one tensor at a time: the header comes from the shapes,
+    so a tensor is made only when it is written and dropped after (streaming, bounded memory)."""
+    entries = to_entries(tensors) if isinstance(tensors, dict) else list(tensors)
+    entries.sort(key=lambda e: e.key)
+    header, offset = {}, 0
+    for e in entries:
+        size = int(np.prod(e.shape, dtype=np.int64)) * np.dtype(e.dtype).itemsize
+        header[e.key] = {
+            "dtype": _DTYPES[np.dtype(e.dtype)],
+            "shape": list(e.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for e in entries:
+                value = np.ascontiguousarray(e.make(), dtype=e.dtype)
+                if value.shape != e.shape:
+                    raise ValueError(f"{e.key}: made {value.shape}, announced {e.shape}")
+                f.write(value.tobytes())
+
+    atomic_write(Path(path), write)
+
+
+class LazyStateDict(Mapping):
+    """A weight file's tensors, read one at a time on access (safetensors: memory-mapped)."""
+
+    def __init__(self, files: dict[str, Path]):
+        self._files = files  # key -> file
+        self._handles: dict[Path, Any] = {}
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        path = self._files[key]
+        if path not in self._handles:
+            self._handles[path] = safe_open(str(path), framework="numpy")
+        return self._handles[path].get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    @classmethod
+    def open(cls, path: Path) -> LazyStateDict:
+        """The tensors of one safetensors file (its header is checked now)."""
+        from safetensors import SafetensorError, safe_open
+
+        if not path.exists():
+            raise InputError(f"{path}: file not found")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                return cls(dict.fromkeys(f.keys(), path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise InputError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def read_json(path: Path) -> dict:

@@ -121,16 +121,10 @@ class EMOModel(nn.Module):
         emo = self.config.emo
         b, f, h, w, c = latents.shape
         keep = keep or {}
-        mask = lambda name, x: (
-            x
-            if name not in keep
-            else x
-            * keep[name]
-            .astype(x.dtype)
-            .reshape(  # noqa: E731
-                (-1,) + (1,) * (x.ndim - 1)
-            )
-        )
+
+        def mask(name: str, x: jax.Array) -> jax.Array:
+            return x if name not in keep else mask_rows(x, keep[name])
+
         x = latents.reshape(b * f, h, w, c)  # (B*F, h, w, 4)
         t = jnp.repeat(jnp.broadcast_to(jnp.asarray(timesteps), (b,)), f)  # (B*F,)
 
@@ -152,8 +146,9 @@ class EMOModel(nn.Module):
             motion = features["motion"]
             if keep_motion is not None:
                 n = jax.tree_util.tree_leaves(motion)[0].shape[0] // b
-                k = jnp.repeat(keep_motion, n)
-                motion = jax.tree_util.tree_map(lambda m: mask_rows(m, k), motion)
+                motion = jax.tree_util.tree_map(
+                    lambda m: mask_rows(m, jnp.repeat(keep_motion, n)), motion
+                )
         out = self.denoising_unet(
             x,
             t,

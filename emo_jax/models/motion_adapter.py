@@ -93,7 +93,8 @@ def adapter_config(unet: UNetConfig, emo: EMOConfig) -> MotionAdapterConfig:
 
 
 def position_tables(cfg: MotionAdapterConfig, state_dict: dict) -> dict:
-    """The fixed position tables diffusers stores as `...transformer_blocks.N.pos_embed.pe`."""
+    """The fixed position tables diffusers stores as `...transformer_blocks.N.pos_embed.pe`
+    (`state_dict` values need only a `.shape`)."""
     out = {}
     for k, v in state_dict.items():
         m = re.match(r"(.*transformer_blocks\.\d+)\.norm1\.weight$", k)

@@ -1,0 +1,111 @@
+"""Training checkpoints with Orbax: async saves, the latest N plus the best, resumable to the batch.
+
+    RUN/checkpoints/<step>/state/   params (both halves), optimizer state, EMA, step, RNG
+    RUN/checkpoints/<step>/data/    the Grain iterator state of every process
+
+Orbax writes a step into a temporary folder and renames it when every process has finished, so
+a save cut short (a kill, a pre-emption) leaves no `<step>` folder and the latest complete one
+stays the one that is restored; leftover temporary folders are removed on the next start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from emo_jax.errors import InputError
+
+BEST_METRIC = "loss"  # mean training loss since the previous checkpoint; lower is better
+
+
+class IteratorSnapshot:
+    """A data iterator's state captured at save time (the save itself may finish later)."""
+
+    def __init__(self, iterator: Any):
+        self.state = iterator.get_state()
+
+    def get_state(self) -> bytes:
+        return self.state
+
+
+class Checkpoints:
+    """Orbax CheckpointManager for {"state": pytree, "data": iterator} (call from every process)."""
+
+    def __init__(self, directory: str | Path, keep: int = 3, keep_best: bool = True):
+        self.directory = Path(directory).absolute()
+        policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+        if keep_best:
+            policies.append(
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=lambda m: m[BEST_METRIC],
+                    reverse=True,  # keeps the lowest
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, item_names=("state", "data"), options=options
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, iterator: Any, loss: float | None = None) -> None:
+        """Starts an async save (returns once the arrays are copied off the devices)."""
+        metrics = None if loss is None or not np.isfinite(loss) else {BEST_METRIC: float(loss)}
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(IteratorSnapshot(iterator)),
+            ),
+            metrics=metrics,
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_state: Any, iterator: Any) -> Any:
+        """The state at `step` (shaped and sharded like `abstract_state`); `iterator` is set to
+        the position it had when that step was saved."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(iterator),
+            ),
+        )
+        return restored["state"]
+
+    def restore_numpy(self, step: int | None = None) -> Any:
+        """The saved state tree as host numpy arrays (latest step by default), e.g. the params
+        that the next stage starts from."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise InputError(f"{self.directory}: no complete checkpoint")
+        path = self.directory / str(step) / "state"
+        with ocp.PyTreeCheckpointer() as ckptr:
+            meta = ckptr.metadata(path).item_metadata.tree
+            as_numpy = jax.tree_util.tree_map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta
+            )
+            return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+
+    def wait(self) -> None:
+        """Blocks until the async save in flight (if any) is complete."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
