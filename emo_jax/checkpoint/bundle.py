@@ -8,8 +8,6 @@ Written to a temporary folder and renamed when complete, so a bundle is whole or
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import yaml
 
+from emo_jax.checkpoint.torch_io import atomic_folder
 from emo_jax.config import Config, from_dict, to_dict
 from emo_jax.errors import InputError
 
@@ -26,25 +25,14 @@ PARTS = ("emo", "vae")
 
 def save_bundle(folder: str | Path, config: Config, params: dict, overwrite: bool = False) -> None:
     """Writes config.yaml + Orbax params; an existing folder only with `overwrite`."""
-    folder = Path(folder).absolute()
-    if folder.exists() and not overwrite:
-        raise InputError(f"{folder}: already exists (pass overwrite to replace it)")
     missing = [p for p in PARTS if p not in params]
     if missing:
         raise ValueError(f"bundle params need {', '.join(PARTS)}; missing {', '.join(missing)}")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_folder(folder, overwrite) as tmp:
         (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "params", jax.tree_util.tree_map(np.asarray, params))
             ckptr.wait_until_finished()
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def is_bundle(folder: str | Path) -> bool:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from emo_jax.checkpoint.pretrained import abstract_params as folder_params
 from emo_jax.checkpoint.pretrained import save_pretrained
 from emo_jax.checkpoint.torch_io import (
     Entry,
+    atomic_folder,
     find_weights,
     load_state_dict,
     read_json,
@@ -137,13 +137,8 @@ def export_model(folder: str | Path, config: Config, params: dict, overwrite: bo
     from emo_jax.models.motion_adapter import MOTION_ADAPTER_FORMAT, adapter_config
     from emo_jax.models.vae import VAE_FORMAT
 
-    folder = Path(folder).absolute()
-    if folder.exists() and not overwrite:
-        raise InputError(f"{folder}: already exists (use --overwrite to replace it)")
     flat = flatten_dict(jax.tree_util.tree_map(np.asarray, params["emo"]))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_folder(folder, overwrite) as tmp:
         components, placeholders = {}, {}
         for part in PARTS:
             tree = _part_tree(flat, part)
@@ -186,12 +181,6 @@ def export_model(folder: str | Path, config: Config, params: dict, overwrite: bo
             },
             tmp / INDEX,
         )
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def is_export(folder: str | Path) -> bool:

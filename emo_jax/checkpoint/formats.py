@@ -13,8 +13,6 @@ Formats:
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from emo_jax.checkpoint.pretrained import (
     read_config,
     save_pretrained,
 )
-from emo_jax.checkpoint.torch_io import load_state_dict, read_json, write_json
+from emo_jax.checkpoint.torch_io import atomic_folder, load_state_dict, read_json, write_json
 from emo_jax.config import Config, MotionAdapterConfig, UNetConfig, VAEConfig
 from emo_jax.errors import InputError
 
@@ -242,7 +240,7 @@ def _write_orbax(params: Any, dst: Path) -> None:
 def _write_component(params: Any, cfg: Any, kind: str, out: Path, fmt: str) -> None:
     ffmt = folder_formats()[kind]
     if fmt == "orbax":
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)
         write_json(config_json(cfg, ffmt), out / "config.json")
         _write_orbax(params, out / "params")
     else:
@@ -264,18 +262,11 @@ def write(model: Model, dst: str | Path, fmt: str, overwrite: bool = False) -> N
         raise InputError(
             f"{dst}: a {model.kind} is written as diffusers, transformers or orbax, not {fmt}"
         )
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
-    try:
+    with atomic_folder(dst, overwrite) as tmp:
         if model.kind == "sd":
             for name, params in model.params.items():
-                _write_component(params, model.config[name], name, tmp / "model" / name, fmt)
-            write_json(PIPELINE_INDEX, tmp / "model" / "model_index.json")
+                _write_component(params, model.config[name], name, tmp / name, fmt)
+            write_json(PIPELINE_INDEX, tmp / "model_index.json")
         else:
-            _write_component(model.params, model.config, model.kind, tmp / "model", fmt)
-        if dst.exists():
-            shutil.rmtree(dst)
-        (tmp / "model").rename(dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            _write_component(model.params, model.config, model.kind, tmp, fmt)
     return None

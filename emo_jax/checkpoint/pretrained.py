@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import jax
 
 from emo_jax.checkpoint.convert import Rename, torch_entries, torch_to_flax
 from emo_jax.checkpoint.torch_io import (
+    atomic_folder,
     find_weights,
     load_state_dict,
     read_json,
@@ -102,17 +101,8 @@ def config_json(cfg: Any, fmt: FolderFormat) -> dict:
 
 def save_pretrained(params: Any, cfg: Any, folder: str | Path, fmt: FolderFormat) -> None:
     """Writes config.json + safetensors in the PyTorch library's format; complete or nothing."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_folder(folder) as tmp:
         write_json(config_json(cfg, fmt), tmp / "config.json")
         entries = torch_entries(params, fmt.renames)
         extra = fmt.extra_tensors(cfg, {e.key: e for e in entries})
         save_safetensors(entries + to_entries(extra), tmp / f"{fmt.weight_stem}.safetensors")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

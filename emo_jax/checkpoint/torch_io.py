@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import struct
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -92,6 +94,28 @@ def find_weights(folder: Path, stems: tuple[str, ...]) -> Path:
             if (folder / name).exists():
                 return folder / name
     raise InputError(f"{folder}: no weight file ({', '.join(s + '.safetensors' for s in stems)})")
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yields an empty temporary folder beside `folder`; when the block succeeds it replaces
+    `folder`, when it fails it is removed: a folder is complete or absent. Without `overwrite`
+    an existing `folder` is an error."""
+    folder = Path(folder).absolute()
+    if folder.exists() and not overwrite:
+        raise InputError(f"{folder}: already exists (use --overwrite to replace it)")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        yield tmp
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write(path: Path, write) -> None:
