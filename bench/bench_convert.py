@@ -36,16 +36,26 @@ from emo_jax.models.vae import VAE_FORMAT
 GIB = 1024**3
 
 
+CHILD = (
+    "import resource, sys; from emo_jax.cli import main; code = main(sys.argv[1:]); "
+    "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+    "sys.exit(code)"
+)
+
+
 def run(args: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS GiB) of one `emo-jax` run in a child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """(seconds, peak RSS GiB) of one `emo-jax` run in its own process."""
     t0 = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "emo_jax.cli", *args], check=True, stdout=subprocess.DEVNULL
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, max(peak, before) * 1024 / GIB
+    peak = int(done.stderr.rsplit("PEAK_KIB", 1)[1].split()[0])
+    return seconds, peak * 1024 / GIB
 
 
 def random_unet_folder(folder: Path) -> float:
