@@ -114,3 +114,18 @@ def test_progress_reports_every_step_of_every_clip(pipe):
     )
     assert out.frames is None and out.num_frames == 13
     assert calls == [(k, 2, s, 2) for k in range(2) for s in (1, 2)]
+
+
+@pytest.mark.parametrize("kind", ["bundle", "export"])
+def test_saved_models_generate_the_same_video(pipe, tmp_path, kind):
+    from emo_jax.checkpoint.bundle import save_bundle
+    from emo_jax.checkpoint.export import export_model
+
+    save = save_bundle if kind == "bundle" else export_model
+    save(tmp_path / kind, pipe.config, pipe.model.params)
+    loaded = EMOPipeline.from_pretrained(tmp_path / kind)
+    assert not loaded.random_weights and pipe.random_weights
+    wave = (0.5 * np.sin(np.arange(8000) / 7)).astype(np.float32)
+    a = pipe(ASSETS / "portrait.png", wave, 16000, **OPTIONS).frames
+    b = loaded(ASSETS / "portrait.png", wave, 16000, **OPTIONS).frames
+    np.testing.assert_array_equal(a, b)

@@ -3,7 +3,9 @@
 Kinds of checkpoint, tried in order (`RESOLVERS`; add a function there for a new kind, e.g.
 a training-run folder whose latest Orbax step holds {"emo", "vae"}):
 
-- a model bundle folder (`emo_jax.checkpoint.bundle`: config.yaml + params/).
+- a model bundle folder (`emo_jax.checkpoint.bundle`: config.yaml + Orbax params/);
+- an exported model folder (`emo_jax.checkpoint.export`: emo_index.json + one diffusers /
+  transformers folder per component).
 
 With no path the built-in default is used. Until a trained default model exists it is the tiny
 config (configs/model/tiny.yaml) with RANDOM weights from a fixed seed: the output is noise.
@@ -104,8 +106,19 @@ def _bundle(path: Path, config: Config | None) -> LoadedModel | None:
     return LoadedModel(config, str(path), check_fit(params, config, str(path)))
 
 
+def _export(path: Path, config: Config | None) -> LoadedModel | None:
+    """An exported model folder; `config` (if given) replaces the one in its index."""
+    from emo_jax.checkpoint.export import import_model, is_export
+
+    if not is_export(path):
+        return None
+    saved, params = import_model(path)
+    config = config or saved
+    return LoadedModel(config, str(path), check_fit(params, config, str(path)))
+
+
 # (path, config or None) -> LoadedModel, or None if the path is not of that kind.
-RESOLVERS: list[Callable[[Path, Config | None], LoadedModel | None]] = [_bundle]
+RESOLVERS: list[Callable[[Path, Config | None], LoadedModel | None]] = [_bundle, _export]
 
 
 def default_config(overrides: list[str] | None = None) -> Config:
@@ -136,4 +149,6 @@ def resolve_checkpoint(
         loaded = resolve(path, config)
         if loaded is not None:
             return loaded
-    raise InputError(f"{path}: not a model bundle (config.yaml + params/)")
+    raise InputError(
+        f"{path}: not a model bundle (config.yaml + params/) or exported model (emo_index.json)"
+    )

@@ -112,7 +112,7 @@ class EMOOutput:
     reference: Reference  # the cropped portrait and face-region mask used
     path: Path | None  # the mp4, if written
     frames_dir: Path | None  # the PNG frames, if written
-    seconds: float  # wall time of the call
+    seconds: float  # wall time of the generation (after `prepare`)
 
 
 class EMOPipeline:
@@ -128,8 +128,9 @@ class EMOPipeline:
         config: Config | str | Path | None = None,
         overrides: list[str] | None = None,
     ) -> EMOPipeline:
-        """A model bundle folder, or None for the built-in default (see `resolve_checkpoint`:
-        until a trained default exists, the tiny config with random weights: noise).
+        """A model bundle or exported model folder, or None for the built-in default (see
+        `resolve_checkpoint`: until a trained default exists, the tiny config with random
+        weights: noise).
         `config` (a Config or YAML path) replaces the checkpoint's; `overrides` are dotted
         settings such as "diffusion.sampler=dpmpp_2m"."""
         if isinstance(config, (str, Path)):

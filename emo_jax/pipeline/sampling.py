@@ -79,6 +79,28 @@ class VideoFunctions:
         if self.on_step is not None:
             self.on_step()
 
+    def denoiser(
+        self,
+        params: Any,
+        features: dict,
+        audio: jax.Array,
+        mask: jax.Array,
+        speed: jax.Array,
+        report: bool = False,
+    ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        """(latents (1, F, h, w, C), t) -> guided model output: one denoising step's forward,
+        every guidance pass in one batch. audio (1, F, 2m+1, layers, dim), mask (1, H, W),
+        speed (1, F)."""
+        passes = len(self.guidance.passes)
+        feats, audio, mask, speed = _tile((features, audio, mask, speed), passes)
+
+        def denoise(x: jax.Array, t: jax.Array, keep: dict) -> jax.Array:
+            if report:
+                jax.debug.callback(self._tick, t)
+            return self.model.apply({"params": params}, x, t, feats, audio, mask, speed, keep)
+
+        return guided(denoise, self.guidance)
+
     def _sample(
         self,
         params: Any,
@@ -89,21 +111,13 @@ class VideoFunctions:
         key: jax.Array,
         report: bool,
     ) -> jax.Array:
-        """Latents (1, F, h, w, C) of one clip: audio (1, F, 2m+1, layers, dim), mask (1, H, W),
-        speed (1, F)."""
+        """Latents (1, F, h, w, C) of one clip, from noise drawn with `key`."""
         f, h, w = audio.shape[1], mask.shape[1] // self.factor, mask.shape[2] // self.factor
         noise_key, step_key = jax.random.split(key)
         shape = (1, f, h, w, self.model.config.unet.in_channels)
         noise = jax.random.normal(noise_key, shape, jnp.float32)
-        passes = len(self.guidance.passes)
-        feats, audio, mask, speed = _tile((features, audio, mask, speed), passes)
-
-        def denoise(x: jax.Array, t: jax.Array, keep: dict) -> jax.Array:
-            if report:
-                jax.debug.callback(self._tick, t)
-            return self.model.apply({"params": params}, x, t, feats, audio, mask, speed, keep)
-
-        return sample(guided(denoise, self.guidance), noise, self.sampler, step_key)
+        denoise = self.denoiser(params, features, audio, mask, speed, report)
+        return sample(denoise, noise, self.sampler, step_key)
 
 
 @functools.lru_cache(maxsize=4)

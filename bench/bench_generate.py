@@ -1,0 +1,243 @@
+"""Generation benchmarks (print tables; no assertions).
+
+tiny   the tiny config (random weights) through EMOPipeline on this machine: compile time,
+       seconds per generated video-second and peak RSS for a short and a 4x longer audio
+       (memory must not grow with the video's length; frames go to an mp4, not to RAM)
+step   one denoising step of the full-size config (configs/model/emo_sd15.yaml): batch 1,
+       f = 12 frames, every guidance pass batched (2 with the default CFG), the n = 4 motion
+       frames' features; compile time and run time reported separately. Weights are zeros of
+       the right shapes (the cost does not depend on their values).
+flops  FLOPs per generated frame of the full-size model at 512 px (64x64 latents): XLA's
+       cost analysis of each lowered piece (`jax.jit(f).lower(...).cost_analysis()`, shapes
+       only, nothing allocated or run; a multiply-add counts 2, element-wise ops count too):
+         denoising  one step's guided forward x steps / f
+         reference  the ReferenceNet pass over the n motion frames, once per clip / f
+         vae        VAE encode of the n motion frames per clip / f + VAE decode of each frame
+       The reference image's ReferenceNet and VAE passes happen once per video: left out.
+       Divide by a device's seconds per frame to get its achieved FLOP/s (utilisation).
+
+  python bench/bench_generate.py                  # all three; step at 64x64 latents
+  python bench/bench_generate.py step --latent 32 # a smaller step on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL = ROOT / "configs" / "model" / "emo_sd15.yaml"
+
+
+def rss() -> int:
+    """Resident set size of this process in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+class PeakRSS:
+    """Samples RSS every 10 ms while in the `with` block."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak, self._stop = rss(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss())
+
+
+def bench_tiny(seconds: float, steps: int | None) -> None:
+    import soundfile
+
+    from emo_jax.pipeline import EMOPipeline, RandomWeightsWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        pipe = EMOPipeline.from_pretrained(None)
+    speech, rate = soundfile.read(ROOT / "emo_jax" / "assets" / "speech.wav", dtype="float32")
+    image = ROOT / "emo_jax" / "assets" / "portrait.png"
+    opts = {} if steps is None else {"steps": steps}
+    out = Path(tempfile.mkdtemp()) / "bench.mp4"
+
+    def audio(length: float) -> tuple[np.ndarray, int]:
+        n = int(length * rate)
+        return np.resize(speech, n), rate
+
+    t0 = time.perf_counter()
+    _ = pipe.model.params
+    init = time.perf_counter() - t0
+    first = pipe(image, audio(1.0), out=out, return_frames=False, **opts)  # compiles
+    job = pipe.prepare(image, audio(1.0), **opts)
+    clip_s = job.clip_frames / job.fps
+    diffusion = job.config.diffusion
+    passes = len(pipe.functions(job).guidance.passes)
+    print(
+        f"tiny config, random weights, {job.reference.image.shape[0]} px, {diffusion.sampler} "
+        f"{diffusion.num_inference_steps} steps, f = {job.clip_frames}, {passes} guidance "
+        f"passes, on {jax.devices()[0]}"
+    )
+    print(f"  random init of the params     {init:8.1f} s")
+    print(f"  first video (1 s, compiles)   {first.seconds:8.1f} s")
+    print()
+    print(
+        f"{'audio (s)':>10}{'wall (s)':>10}{'s / video-s':>13}{'s / clip':>10}{'peak RSS (MiB)':>16}"
+    )
+    for length in (seconds, 4 * seconds):
+        with PeakRSS() as mem:
+            result = pipe(image, audio(length), out=out, return_frames=False, **opts)
+        video_s = result.num_frames / result.fps
+        clips = -(-result.num_frames // job.clip_frames)
+        print(
+            f"{length:>10.1f}{result.seconds:>10.1f}{result.seconds / video_s:>13.2f}"
+            f"{result.seconds / clips:>10.2f}{mem.peak / 2**20:>16.0f}"
+        )
+    print(f"  (one clip = {clip_s:.2f} s of video)")
+
+
+def full_config():
+    """The full-size config with the paper's f = 12, n = 4."""
+    from emo_jax.config import load_config
+
+    cfg = load_config(FULL)
+    emo = dataclasses.replace(cfg.model.emo, n_frames=12, n_motion_frames=4)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, emo=emo))
+
+
+def step_pieces(latent: int):
+    """(VideoFunctions, step function, abstract args) for the full config at `latent` size."""
+    from emo_jax.models.emo import abstract_params, audio_feature_shape, encode_reference
+    from emo_jax.pipeline.sampling import video_functions
+
+    cfg, s = full_config(), latent
+    fns = video_functions(cfg.model, cfg.diffusion)
+    m = cfg.model
+    f, n, c = m.emo.n_frames, m.emo.n_motion_frames, m.unet.in_channels
+    params = abstract_params(fns.model)
+    ref = jax.ShapeDtypeStruct((1, s, s, c), jnp.float32)
+    motion = jax.ShapeDtypeStruct((1, n, s, s, c), jnp.float32)
+    features = jax.eval_shape(
+        lambda p, r, mo: encode_reference(fns.model, p, r, mo), params, ref, motion
+    )
+    layers, dim = audio_feature_shape(m.audio)
+    args = (
+        params,
+        features,
+        jax.ShapeDtypeStruct((1, f, s, s, c), jnp.float32),
+        jax.ShapeDtypeStruct((1, f, 2 * m.audio.window + 1, layers, dim), jnp.float32),
+        jax.ShapeDtypeStruct((1, 8 * s, 8 * s), jnp.float32),
+        jax.ShapeDtypeStruct((1, f), jnp.float32),
+    )
+
+    def step(params, features, x, audio, mask, speed):
+        return fns.denoiser(params, features, audio, mask, speed)(x, jnp.int32(500))
+
+    return cfg, fns, step, args, (ref, motion)
+
+
+def bench_step(latent: int, repeats: int) -> None:
+    cfg, fns, step, args, _ = step_pieces(latent)
+    zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), args)
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(args[0]))
+    t0 = time.perf_counter()
+    compiled = jax.jit(step).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    with PeakRSS() as mem:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(*zeros))
+            times.append(time.perf_counter() - t0)
+    passes = len(fns.guidance.passes)
+    f = cfg.model.emo.n_frames
+    print(
+        f"full-size denoising step ({n_params / 1e9:.2f} B EMO params, {cfg.model.dtype}) on {jax.devices()[0]}"
+    )
+    print(
+        f"  latents {latent}x{latent} ({8 * latent} px), f = {f}, n = 4, guidance passes {passes} (UNet batch {passes * f})"
+    )
+    print(f"  compile        {compile_s:8.1f} s")
+    print(f"  step           {min(times):8.1f} s  (best of {repeats})")
+    print(f"  per frame      {min(times) / f:8.2f} s per step")
+    flops = float(compiled.cost_analysis()["flops"])
+    print(
+        f"  achieved       {flops / min(times) / 1e9:8.1f} GFLOP/s ({flops / 1e12:.2f} TFLOP a step)"
+    )
+    print(f"  peak RSS       {mem.peak / 2**30:8.1f} GiB")
+
+
+def bench_flops(latent: int, steps: int | None) -> None:
+    from emo_jax.pipeline.loading import abstract_params as all_params
+
+    cfg, fns, step, args, (ref, motion) = step_pieces(latent)
+    steps = steps or cfg.diffusion.num_inference_steps
+    f, n = cfg.model.emo.n_frames, cfg.model.emo.n_motion_frames
+    vae_params = all_params(cfg)["vae"]
+    px = fns.factor * latent
+    frame = jax.ShapeDtypeStruct((1, px, px, 3), jnp.uint8)
+
+    def flops(fn, *a) -> float:
+        return float(jax.jit(fn).lower(*a).cost_analysis()["flops"])
+
+    step_flops = flops(step, *args)
+    motion_flops = flops(fns.motion, args[0], ref, motion)
+    encode_flops = flops(fns._encode, vae_params, frame)
+    decode_flops = flops(
+        fns._decode, vae_params, jax.ShapeDtypeStruct((1, latent, latent, 4), jnp.float32)
+    )
+    rows = {
+        f"denoising ({steps} steps x {len(fns.guidance.passes)} passes)": step_flops * steps / f,
+        "ReferenceNet on motion frames": motion_flops / f,
+        "VAE encode (motion) + decode": encode_flops * n / f + decode_flops,
+    }
+    print(f"FLOPs per generated frame, full size, {px} px, f = {f}, n = {n} (XLA cost analysis)")
+    for name, value in rows.items():
+        print(f"  {name:<40}{value / 1e12:10.2f} TFLOP")
+    print(f"  {'total':<40}{sum(rows.values()) / 1e12:10.2f} TFLOP")
+    print(
+        f"  one guided step of a clip: {step_flops / 1e12:.2f} TFLOP ({step_flops / f / 1e12:.2f} per frame)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "parts", nargs="*", default=["tiny", "step", "flops"], choices=["tiny", "step", "flops"]
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=4.0, help="tiny: the short audio (the long one is 4x)"
+    )
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the config's, 40)")
+    parser.add_argument("--latent", type=int, default=64, help="step: latent side (64 = 512 px)")
+    parser.add_argument("--repeats", type=int, default=1, help="step: timed runs")
+    args = parser.parse_args()
+    for part in args.parts:
+        if part == "tiny":
+            bench_tiny(args.seconds, args.steps)
+        elif part == "step":
+            bench_step(args.latent, args.repeats)
+        else:
+            bench_flops(64, args.steps)
+        print()
+
+
+if __name__ == "__main__":
+    main()
