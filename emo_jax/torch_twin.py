@@ -219,11 +219,10 @@ class EMOTwin(nn.Module):
                 )
             self._load(sub, names)
         if self.use_audio:
-            from emo_jax.models.emo import audio_feature_shape
+            from emo_jax.audio.encoders import window_shape
 
-            layers, dim = audio_feature_shape(cfg.audio)
             self.audio_proj = AudioProjModel(
-                (2 * cfg.audio.window + 1) * layers * dim,
+                math.prod(window_shape(cfg.audio)),
                 cfg.audio.proj_hidden_dim,
                 cfg.audio.proj_tokens,
                 cfg.unet.cross_attention_dim,

@@ -18,7 +18,7 @@ from emo_jax.checkpoint.convert import ConversionError, torch_to_flax
 from emo_jax.checkpoint.emo_parts import init_from_pretrained
 from emo_jax.config import load_config, to_dict
 from emo_jax.models.emo import EMOModel, abstract_params, encode_reference, init_params
-from emo_jax.models.inventory import emo_counts
+from emo_jax.models.inventory import COMPONENTS, emo_counts
 from emo_jax.nn.temporal import TemporalTransformer
 
 B, F, N, S = 1, 5, 2, 16  # batch, frames, motion frames, latent size
@@ -101,15 +101,7 @@ def test_shapes_and_components(trained):
     out = run(EMOModel(CFG), trained, inputs())
     assert out.shape == (B, F, S, S, 4) and out.dtype == np.float32 and np.isfinite(out).all()
     counts = emo_counts(trained)
-    assert set(counts) == {
-        "reference_net",
-        "backbone_spatial",
-        "audio_attention",
-        "temporal",
-        "speed",
-        "face_locator",
-        "audio_projection",
-    }
+    assert set(counts) == set(COMPONENTS)
     # ReferenceNet = backbone without its output head and cross-attention (norm2 included)
     assert counts["reference_net"] < counts["backbone_spatial"]
 

@@ -22,7 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from emo_jax.config import AudioConfig, ModelConfig, Wav2Vec2Config
+from emo_jax.audio.encoders import window_shape
+from emo_jax.config import AudioConfig, ModelConfig
 from emo_jax.models.audio_proj import AudioProjection
 from emo_jax.models.face_locator import FaceLocator
 from emo_jax.models.speed import SpeedEncoder
@@ -202,12 +203,8 @@ def encode_reference(
 
 
 def audio_feature_shape(audio: AudioConfig) -> tuple[int, int]:
-    """(layers, dim) of one frame's audio features: log-mel sub-frames x mel bins, or the
-    chosen wav2vec2-base hidden states x 768."""
-    if audio.encoder == "mel":
-        return audio.mel_subframes, audio.n_mels
-    w2v = Wav2Vec2Config()
-    return len(audio.layers) if audio.layers else w2v.num_hidden_layers, w2v.hidden_size
+    """(layers, dim) of one frame's audio features."""
+    return window_shape(audio)[1:]
 
 
 def dummy_inputs(config: ModelConfig, frames: int | None = None, size: int | None = None) -> tuple:
@@ -216,12 +213,12 @@ def dummy_inputs(config: ModelConfig, frames: int | None = None, size: int | Non
     f = frames or emo.n_frames
     s = size or 2 ** (len(config.unet.block_out_channels) - 1)
     c = config.unet.in_channels
-    layers, audio_dim = audio_feature_shape(audio)
+    window, layers, audio_dim = window_shape(audio)
     return (
         jnp.zeros((1, f, s, s, c)),
         jnp.zeros((1,), jnp.int32),
         jnp.zeros((1, s, s, c)),
-        jnp.zeros((1, f, 2 * audio.window + 1, layers, audio_dim)),
+        jnp.zeros((1, f, window, layers, audio_dim)),
         jnp.ones((1, 8 * s, 8 * s)),
         jnp.zeros((1, f)),
     )
