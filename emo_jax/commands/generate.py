@@ -17,7 +17,7 @@ an H.264 mp4 with the audio muxed in.
 
 NOTE: without --checkpoint the built-in default model is used, and until a trained default
 exists that is the tiny config with RANDOM WEIGHTS: the output is noise (it shows that the
-pipeline runs, not what EMO does). Pass a model bundle folder with --checkpoint for faces.
+pipeline runs, not what EMO does). Pass a trained model folder with --checkpoint for faces.
 
 Without --image / --audio the shipped examples are used (emo_jax/assets: the scikit-image
 astronaut portrait and an English sentence spoken by espeak-ng).
@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .mp4 (written whole or not at all)")
     p.add_argument(
         "--checkpoint",
-        help="model bundle folder (config.yaml + params/); default: the tiny config with "
-        "RANDOM weights, seed 0 (output is noise)",
+        help="model bundle (config.yaml + params/) or exported model folder (emo_index.json); "
+        "default: the tiny config with RANDOM weights, seed 0 (output is noise)",
     )
     p.add_argument("--config", help="YAML config replacing the checkpoint's (must fit its params)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. diffusion.eta=0.5")
