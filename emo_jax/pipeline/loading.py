@@ -27,7 +27,7 @@ from emo_jax.checkpoint.bundle import is_bundle, load_bundle
 from emo_jax.config import Config, load_config
 from emo_jax.errors import InputError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
+DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "model" / "tiny.yaml"  # emo_jax/configs -> ../configs
 DEFAULT_SEED = 0
 RANDOM_WEIGHTS_NOTE = "random weights: output is noise"
 
