@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "emo_jax.commands.synth",
     "emo_jax.commands.preprocess",
     "emo_jax.commands.audio_features",
+    "emo_jax.commands.evaluate",
 )
 
 

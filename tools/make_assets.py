@@ -2,15 +2,14 @@
 
   portrait.png  scikit-image's astronaut photograph (Eileen Collins, NASA, public domain),
                 a 256 x 256 crop around the face
-  speech.wav    an English sentence spoken by espeak-ng (the espeakng-loader wheel, through
-                ctypes), 16 kHz mono int16, silence trimmed
+  speech.wav    an English sentence spoken by espeak-ng (emo_jax.data.speech: the
+                espeakng-loader wheel through ctypes), 16 kHz mono int16, silence trimmed
 
 Run from the repository root: python tools/make_assets.py
 """
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -35,42 +34,12 @@ def portrait() -> np.ndarray:
     return image[y0 : y0 + SIDE, x0 : x0 + SIDE]
 
 
-def speak(text: str) -> tuple[np.ndarray, int]:
-    """int16 speech from espeak-ng (synchronous mode, callback collects the samples)."""
-    import espeakng_loader
-
-    lib = ctypes.CDLL(espeakng_loader.get_library_path())
-    rate = lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)  # SYNCHRONOUS
-    if rate <= 0:
-        raise RuntimeError("espeak-ng failed to initialise")
-    chunks: list[np.ndarray] = []
-    callback_type = ctypes.CFUNCTYPE(
-        ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
-    )
-
-    @callback_type
-    def collect(wav, n, events):
-        if wav and n > 0:
-            chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        return 0
-
-    lib.espeak_SetSynthCallback(collect)
-    lib.espeak_SetVoiceByName(b"en")
-    lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int]
-    lib.espeak_Synth.argtypes += [ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-    data = text.encode()
-    if lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, 1, None, None) != 0:  # 1: UTF-8 text
-        raise RuntimeError("espeak-ng failed to synthesise")
-    lib.espeak_Synchronize()
-    return np.concatenate(chunks), rate
-
-
 def speech() -> np.ndarray:
     """The sentence at SAMPLE_RATE, leading and trailing silence cut to 0.1 s."""
-    import librosa
+    from emo_jax.data.speech import Voice, resample, speak
 
-    wave, rate = speak(SENTENCE)
-    wave = librosa.resample(wave.astype(np.float32) / 32768, orig_sr=rate, target_sr=SAMPLE_RATE)
+    utterance = speak(SENTENCE, Voice("en"))
+    wave = resample(utterance.wave, utterance.sample_rate, SAMPLE_RATE)
     loud = np.flatnonzero(np.abs(wave) > 0.01)
     pad = SAMPLE_RATE // 10
     wave = wave[max(0, loud[0] - pad) : loud[-1] + pad]

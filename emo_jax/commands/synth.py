@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+DEFAULT_AUDIO = "espeak"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic talking-head corpus with known truth")
@@ -14,7 +16,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clips", type=int, default=1, help="clips per identity")
     p.add_argument("--size", type=int, default=128, help="frame width and height (even)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
-    p.add_argument("--audio", default="syllables", help="audio source (default: syllables)")
+    p.add_argument(
+        "--audio",
+        default=DEFAULT_AUDIO,
+        help="espeak: English sentences spoken by espeak-ng, mouth by visemes (default); "
+        "syllables: speech-like sounds, mouth by loudness",
+    )
+    p.add_argument(
+        "--split",
+        default="train",
+        choices=("train", "heldout"),
+        help="heldout: identities and sentences that the train split never uses",
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -33,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         audio_source=args.audio,
         progress=not args.no_progress,
+        split=args.split,
     )
-    print(f"{len(paths)} clips in {args.out}")
+    print(f"{len(paths)} {args.split} clips in {args.out}")
     return 0

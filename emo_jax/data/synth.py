@@ -1,9 +1,21 @@
 """Procedural synthetic talking-head corpus whose ground truth is known.
 
 Each identity (face shape, skin, hair, eyes, framing, background, voice) is drawn from its seed.
-A clip is speech-like audio, a mouth whose opening follows that audio's envelope, and a head
-that turns (yaw / pitch / roll) at known, varying speeds; it is written as `<name>.mp4`
-(H.264 + AAC, 25 fps), `<name>.wav` (16 kHz mono) and `<name>.json` (per-frame truth).
+A clip is speech, a mouth that follows it, blinks, and a head that turns (yaw / pitch / roll) at
+known, varying speeds; it is written as `<name>.mp4` (H.264 + AAC, 25 fps), `<name>.wav` (16 kHz
+mono) and `<name>.json` (per-frame truth).
+
+Audio sources (`AUDIO_SOURCES`):
+- "espeak": real English sentences (`emo_jax.data.sentences`) spoken by espeak-ng
+  (`emo_jax.data.speech`) in a voice, pitch and rate of the identity's own; the mouth follows
+  the phonemes through the viseme table with co-articulation (`emo_jax.data.visemes`). The
+  truth adds each frame's mouth rounding, teeth, viseme and phoneme, and the sentences said.
+- "syllables": speech-like sounds (formant-filtered syllables), the mouth opening with the
+  envelope.
+
+Splits: training identity seeds are below HELDOUT_SEED_BASE, held-out ones at or above it, and
+held-out identities speak only held-out sentences (`emo_jax.data.sentences`: a sentence's split
+is a hash of its text), so a held-out clip has a face, voice and sentences never trained on.
 
 The head is an ellipsoid; every facial feature is a polygon on its surface, rotated in 3-D and
 projected orthographically, so the truth (angles, face box, mouth) is exact by construction.
@@ -13,7 +25,8 @@ The face box is the bounding box of the projected face (the forehead just above 
 eyebrows to the chin, cheek to cheek).
 
 The audio source is pluggable: `AUDIO_SOURCES[name](rng, n_frames, identity)` returns the
-waveform (n_frames * SAMPLES_PER_FRAME,) and the per-frame mouth opening in [0, 1].
+waveform (n_frames * SAMPLES_PER_FRAME,) and the mouth's `Speech` truth (per-frame opening in
+[0, 1], and the shape where the source knows it).
 """
 
 from __future__ import annotations
@@ -35,6 +48,11 @@ SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 BROW_V, EYE_V, NOSE_V, MOUTH_V = -0.2, 0.02, 0.33, 0.55  # heights on the face, chin = 1
 EYE_R = 0.13  # eye half width / head half width
+HELDOUT_SEED_BASE = 2**40  # identity seeds of the held-out split start here
+SPLITS = ("train", "heldout")
+MOUTH_INSIDE = (30, 6, 10)  # RGB of the open mouth's interior
+TEETH = (240, 240, 235)
+MOUTH_SUPERSAMPLE = 4
 _VOWELS = (  # formants F1, F2, F3 (Hz) and how open the mouth is
     ((730, 1090, 2440), 1.0),  # a
     ((530, 1840, 2480), 0.65),  # e
@@ -68,6 +86,11 @@ class Identity:
     female: bool
 
 
+def split_of_identity(seed: int) -> str:
+    """The split of an identity seed: "heldout" from HELDOUT_SEED_BASE on, else "train"."""
+    return "heldout" if seed >= HELDOUT_SEED_BASE else "train"
+
+
 def _colour(rng: np.random.Generator, lo: tuple, hi: tuple) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(lo, hi))
 
@@ -98,7 +121,7 @@ def make_identity(seed: int) -> Identity:
         if hair_dark
         else _colour(rng, (50, 35, 20), (90, 70, 50)),
         iris=_colour(rng, (20, 20, 20), (120, 110, 90)),
-        lips=tuple(int(c) for c in np.array(skin) * np.array([0.75, 0.45, 0.45])),
+        lips=tuple(int(c) for c in np.array(skin) * np.array([0.85, 0.55, 0.55])),
         clothes=_colour(rng, (0, 0, 0), (255, 255, 255)),
         background=(bg, bg2),
         eye_gap=rng.uniform(0.28, 0.32),
@@ -115,6 +138,19 @@ def make_identity(seed: int) -> Identity:
 
 
 # --------------------------------------------------------------------------- audio sources
+
+
+@dataclasses.dataclass(frozen=True)
+class Speech:
+    """What an audio source knows about the mouth: per-frame opening in [0, 1] and, if known,
+    its shape (rounding and teeth in [0, 1], viseme and phoneme names) and per-clip facts."""
+
+    opening: np.ndarray  # (F,) float32
+    rounding: np.ndarray | None = None  # (F,); None: 0
+    teeth: np.ndarray | None = None  # (F,); None: teeth show when more than 0.3 open
+    viseme: tuple[str, ...] | None = None
+    phoneme: tuple[str, ...] | None = None
+    info: dict = dataclasses.field(default_factory=dict)  # e.g. voice, sentences
 
 
 def _resonator(x: np.ndarray, freq: float, bandwidth: float) -> np.ndarray:
@@ -136,7 +172,7 @@ def _envelope(n: int, attack: int, release: int) -> np.ndarray:
 
 def syllable_speech(
     rng: np.random.Generator, n_frames: int, identity: Identity
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, Speech]:
     """Speech-like audio: phrases of voiced syllables (glottal pulses through vowel formants,
     some with a noise-burst consonant) with varying pitch and loudness, and pauses.
 
@@ -179,12 +215,48 @@ def syllable_speech(
         t += int(rng.uniform(0.25, 0.8) * SAMPLE_RATE)  # pause between phrases
     wave = wave[:n] + 1e-3 * rng.standard_normal(n)
     wave *= 0.9 / max(1e-9, np.abs(wave).max())
-    per_frame = mouth[:n].reshape(n_frames, SAMPLES_PER_FRAME).mean(axis=1)
-    return wave.astype(np.float32), np.clip(per_frame, 0, 1).astype(np.float32)
+    per_frame = np.clip(mouth[:n].reshape(n_frames, SAMPLES_PER_FRAME).mean(axis=1), 0, 1)
+    return wave.astype(np.float32), Speech(per_frame.astype(np.float32))
 
 
-AudioSource = Callable[[np.random.Generator, int, Identity], tuple[np.ndarray, np.ndarray]]
-AUDIO_SOURCES: dict[str, AudioSource] = {"syllables": syllable_speech}
+def espeak_speech(
+    rng: np.random.Generator, n_frames: int, identity: Identity
+) -> tuple[np.ndarray, Speech]:
+    """English sentences of the identity's split spoken by espeak-ng in the identity's voice
+    (rate jittered +-6% per sentence), with pauses of 0.15-0.6 s between them, resampled to
+    16 kHz; the mouth follows the phonemes (`emo_jax.data.visemes.mouth_track`). The last
+    sentence is cut where the clip ends."""
+    from emo_jax.data import sentences, speech, visemes
+
+    voice = speech.voice_for(
+        np.random.default_rng([identity.seed, 13]), identity.female, identity.f0, identity.rate
+    )
+    split = split_of_identity(identity.seed)
+    n = n_frames * SAMPLES_PER_FRAME
+    wave = np.zeros(n)
+    phonemes: list[tuple[str, float]] = []
+    said = []
+    t = int(rng.uniform(0.1, 0.5) * SAMPLE_RATE)
+    while t < n:
+        text = sentences.sentence(rng, split)
+        rate = int(round(voice.rate * rng.uniform(0.94, 1.06)))
+        utt = speech.speak(text, dataclasses.replace(voice, rate=rate))
+        spoken = speech.resample(utt.wave, utt.sample_rate, SAMPLE_RATE)
+        m = min(len(spoken), n - t)
+        wave[t : t + m] = spoken[:m]
+        phonemes += [(name, t / SAMPLE_RATE + start) for name, start in utt.phonemes]
+        said.append({"text": text, "start": round(t / SAMPLE_RATE, 3)})
+        t += len(spoken) + int(rng.uniform(0.15, 0.6) * SAMPLE_RATE)
+    wave = np.clip(wave + 1e-3 * rng.standard_normal(n), -1, 1)
+    track = visemes.mouth_track(phonemes, n_frames, FPS)
+    info = {"voice": dataclasses.asdict(voice), "sentences": said}
+    return wave.astype(np.float32), Speech(
+        track.opening, track.rounding, track.teeth, track.viseme, track.phoneme, info
+    )
+
+
+AudioSource = Callable[[np.random.Generator, int, Identity], tuple[np.ndarray, Speech]]
+AUDIO_SOURCES: dict[str, AudioSource] = {"espeak": espeak_speech, "syllables": syllable_speech}
 
 
 # --------------------------------------------------------------------------- head motion
@@ -194,6 +266,7 @@ def _smooth_noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter1d
 
     x = gaussian_filter1d(rng.standard_normal(n), sigma, mode="wrap")
+    x -= x.mean()  # a clip much shorter than sigma would otherwise be one huge offset
     return x / (x.std() + 1e-9)
 
 
@@ -308,10 +381,47 @@ class _Painter:
         p = np.round(pts2d * (1 << _SHIFT)).astype(np.int32)
         cv2.polylines(img, [p], False, colour, max(1, int(round(width))), cv2.LINE_AA, _SHIFT)
 
+    def _mouth(self, img, proj, mouth_open: float, rounding: float, teeth: float) -> None:
+        """Lips around an opening whose height is the mouth opening, drawn MOUTH_SUPERSAMPLE x
+        larger and area-averaged, so that even a sliver of an opening covers the right amount
+        of its pixels."""
+        mw = self.id.mouth_width * (1 - 0.4 * rounding)
+        opening, lip = 0.25 * mouth_open, 0.05 * (1 + 0.3 * rounding)
+        a = np.linspace(0, np.pi, 9)
+        upper = np.stack([-np.cos(a) * mw, MOUTH_V - lip - opening / 2 - 0.03 * np.sin(a)], axis=1)
+        lower = np.stack([np.cos(a) * mw, MOUTH_V + lip + opening / 2 + 0.05 * np.sin(a)], axis=1)
+        parts = [(np.concatenate([upper, lower]), self.id.lips)]
+        inner_r = (mw * 0.8, opening / 2)
+        if opening > 0:
+            parts.append((_ellipse(0, MOUTH_V, *inner_r, 16), MOUTH_INSIDE))
+        if teeth > 0.05 and opening > 0:  # the opening above a chord 0.3 * teeth of it down
+            alpha = np.arcsin(1 - 0.6 * teeth)
+            arc = np.linspace(np.pi + alpha, 2 * np.pi - alpha, 8)
+            parts.append((np.stack([np.cos(arc), np.sin(arc)], 1) * inner_r + (0, MOUTH_V), TEETH))
+        parts = [(proj(_on_face(uv, self.axes, 0.06)), colour) for uv, colour in parts]
+        lo = np.clip(np.floor(parts[0][0].min(axis=0)).astype(int) - 1, 0, self.size)
+        hi = np.clip(np.ceil(parts[0][0].max(axis=0)).astype(int) + 2, 0, self.size)
+        if np.any(hi - lo < 1):
+            return
+        k = MOUTH_SUPERSAMPLE
+        patch = img[lo[1] : hi[1], lo[0] : hi[0]]
+        big = cv2.resize(patch, None, fx=k, fy=k, interpolation=cv2.INTER_NEAREST)
+        for pts, colour in parts:  # pixel centres: x -> (x - lo + 0.5) k - 0.5
+            self._fill(big, (pts - lo + 0.5) * k - 0.5, colour)
+        patch[:] = cv2.resize(big, patch.shape[1::-1], interpolation=cv2.INTER_AREA)
+
     def draw(
-        self, angles: np.ndarray, sway: np.ndarray, mouth_open: float, blink: float
+        self,
+        angles: np.ndarray,
+        sway: np.ndarray,
+        mouth_open: float,
+        blink: float,
+        rounding: float = 0.0,
+        teeth: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One RGB frame (S, S, 3) and its face box (4,) x0, y0, x1, y1 in pixels."""
+        """One RGB frame (S, S, 3) and its face box (4,) x0, y0, x1, y1 in pixels. The mouth
+        opens with `mouth_open`, narrows and purses with `rounding`, and shows the upper
+        teeth (up to 30% of the opening's height) with `teeth`."""
         idn, axes, s = self.id, self.axes, self.size
         img = self.background.copy()
         rot = rotation(*angles)
@@ -367,17 +477,7 @@ class _Painter:
                     self._fill(img, proj(_on_face(eye, axes, bulge)), colour)
             lid = _ellipse(cu, EYE_V, eye_r * 1.05, open_v + 0.01, 16)[8:]
             self._line(img, proj(_on_face(lid, axes, 0.01)), (30, 20, 20), s / 90)
-        # mouth: lips around an opening whose height is the mouth opening
-        mw, opening = idn.mouth_width, 0.02 + 0.2 * mouth_open
-        a = np.linspace(0, np.pi, 9)
-        upper = np.stack([-np.cos(a) * mw, MOUTH_V - 0.05 - opening / 2 - 0.03 * np.sin(a)], axis=1)
-        lower = np.stack([np.cos(a) * mw, MOUTH_V + 0.05 + opening / 2 + 0.05 * np.sin(a)], axis=1)
-        self._fill(img, proj(_on_face(np.concatenate([upper, lower]), axes, 0.06)), idn.lips)
-        inner = _ellipse(0, MOUTH_V, mw * 0.8, opening / 2 + 0.005, 14)
-        self._fill(img, proj(_on_face(inner, axes, 0.06)), (60, 15, 20))
-        if mouth_open > 0.3:
-            teeth = _ellipse(0, MOUTH_V - opening / 2 + 0.02, mw * 0.6, 0.025, 10)
-            self._fill(img, proj(_on_face(teeth, axes, 0.06)), (240, 240, 235))
+        self._mouth(img, proj, mouth_open, rounding, teeth)
         box_pts = proj(self.box_points)
         box = np.concatenate([box_pts.min(axis=0), box_pts.max(axis=0)])
         return img, np.clip(box, 0, s)
@@ -402,6 +502,8 @@ class Clip:
     angles: np.ndarray  # (F, 3) yaw, pitch, roll (degrees)
     speed: np.ndarray  # (F,) degrees per frame
     boxes: np.ndarray  # (F, 4) x0, y0, x1, y1 (pixels)
+    speech: Speech  # the audio source's mouth truth (speech.opening is `mouth`)
+    audio_source: str
 
 
 def render_clip(
@@ -414,34 +516,48 @@ def render_clip(
         )
     n_frames = max(1, int(round(seconds * FPS)))
     rng = np.random.default_rng([identity.seed, seed])
-    audio, mouth = AUDIO_SOURCES[audio_source](rng, n_frames, identity)
+    audio, speech = AUDIO_SOURCES[audio_source](rng, n_frames, identity)
     angles, sway = head_motion(rng, n_frames)
     blink = _blinks(rng, n_frames)
     painter = _Painter(identity, size)
     frames = np.empty((n_frames, size, size, 3), np.uint8)
     boxes = np.empty((n_frames, 4))
+    rounding = np.zeros(n_frames) if speech.rounding is None else speech.rounding
+    teeth = (speech.opening > 0.3) * 1.0 if speech.teeth is None else speech.teeth
     for f in range(n_frames):
-        frames[f], boxes[f] = painter.draw(angles[f], sway[f], mouth[f], blink[f])
-    return Clip(frames, audio, mouth, angles, rotation_speed(angles), boxes)
+        frames[f], boxes[f] = painter.draw(
+            angles[f], sway[f], speech.opening[f], blink[f], rounding[f], teeth[f]
+        )
+    speed = rotation_speed(angles)
+    return Clip(frames, audio, speech.opening, angles, speed, boxes, speech, audio_source)
 
 
 def truth_json(clip: Clip, identity: Identity) -> dict:
     """The per-frame ground truth as a JSON-able dict."""
     r = lambda x: np.round(np.asarray(x, np.float64), 3).tolist()  # noqa: E731
+    speech = clip.speech
+    frames = {
+        "mouth_open": r(clip.mouth),
+        "angles": r(clip.angles),
+        "speed": r(clip.speed),
+        "box": r(clip.boxes),
+    }
+    shape = {"mouth_round": speech.rounding, "teeth": speech.teeth}
+    frames.update({k: r(v) for k, v in shape.items() if v is not None})
+    labels = {"viseme": speech.viseme, "phoneme": speech.phoneme}
+    frames.update({k: list(v) for k, v in labels.items() if v is not None})
     return {
         "fps": FPS,
         "sample_rate": SAMPLE_RATE,
         "size": list(clip.frames.shape[1:3]),
         "n_frames": len(clip.frames),
+        "split": split_of_identity(identity.seed),
+        "audio_source": clip.audio_source,
         "identity": dataclasses.asdict(identity),
+        **speech.info,
         "angle_order": ["yaw", "pitch", "roll"],
         "box_format": "x0 y0 x1 y1 pixels",
-        "frames": {
-            "mouth_open": r(clip.mouth),
-            "angles": r(clip.angles),
-            "speed": r(clip.speed),
-            "box": r(clip.boxes),
-        },
+        "frames": frames,
     }
 
 
@@ -489,9 +605,12 @@ def make_corpus(
     workers: int = 1,
     audio_source: str = "syllables",
     progress: bool = True,
+    split: str = "train",
 ) -> list[Path]:
-    """Writes `identities` x `clips` clips named `id<NNNN>_clip<NN>`; returns the mp4 paths.
+    """Writes `identities` x `clips` clips named `id<NNNN>_clip<NN>` (held-out split:
+    `heldout_id<NNNN>_clip<NN>`); returns the mp4 paths.
 
+    Identity i has seed seed * 1_000_003 + i, plus HELDOUT_SEED_BASE in the held-out split.
     The same arguments give the same files; clips already present are kept.
     """
     from concurrent.futures import ProcessPoolExecutor
@@ -507,9 +626,23 @@ def make_corpus(
         raise InputError(
             f"unknown audio source {audio_source!r} (known: {', '.join(AUDIO_SOURCES)})"
         )
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+    first = seed * 1_000_003
+    if seed < 0 or first + identities > HELDOUT_SEED_BASE:
+        raise InputError(f"--seed {seed}: must be in 0 .. {HELDOUT_SEED_BASE // 1_000_003 - 1}")
+    base, prefix = (HELDOUT_SEED_BASE, "heldout_") if split == "heldout" else (0, "")
     out_dir = Path(out_dir)
     jobs = [
-        (out_dir, f"id{i:04d}_clip{c:02d}", seed * 1_000_003 + i, c, seconds, size, audio_source)
+        (
+            out_dir,
+            f"{prefix}id{i:04d}_clip{c:02d}",
+            base + first + i,
+            c,
+            seconds,
+            size,
+            audio_source,
+        )
         for i in range(identities)
         for c in range(clips)
     ]

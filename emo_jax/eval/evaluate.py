@@ -1,0 +1,285 @@
+"""`emo-jax evaluate`: generate each held-out clip from its first frame and its audio, and
+measure what EMO should learn against the clip's known truth.
+
+For each clip of the corpus folder (`emo-jax synth --split heldout`): the first frame is the
+reference, the clip's audio the audio, and the requested head speed is the clip's true speed
+averaged per second (the pipeline's speed curve). The generated frames are compared with the
+ground-truth frames cut and resized the way the pipeline cut the reference (`Reference.crop`).
+The face-region mask given to the pipeline is the first frame's true face box in the cascade's
+convention (`mouth.to_haar`), enlarged as the pipeline does, so no clip fails on detection.
+
+Three videos are measured by the same code: the generated one, the ground truth itself (the
+ceiling: what the measures read on perfect frames) and the reference image repeated (a control
+that cannot follow the audio). Metrics (`emo_jax.eval.metrics`):
+
+- lip sync: Pearson of the mouth measure (`emo_jax.eval.mouth`, faces tracked by the Haar
+  cascade) with the clip's true opening, averaged over clips;
+- lip sync, shuffled audio: the same measure against the true opening of another clip (the
+  next one, cyclically): what lip sync reads when the video follows the wrong audio;
+- identity: PSNR and SSIM of the face outside the mouth against the ground-truth frames;
+- head speed: frames pooled over clips into buckets of requested speed (the model's speed
+  centres); Spearman of the bucket centres with the mean measured speed (`data.pose.FlowPose`);
+- seams: mean frame-to-frame change into the first frame of each generated clip (f, 2f, ...)
+  over the mean change within clips, pooled over clips (1: seamless).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from emo_jax.errors import InputError
+from emo_jax.eval import metrics
+from emo_jax.eval.mouth import from_haar, mouth_opening, to_haar, track_faces
+
+VIDEOS = ("generated", "ground_truth", "reference_repeated")
+TRUTH_KEYS = ("mouth_open", "speed", "box")
+
+
+@dataclasses.dataclass(frozen=True)
+class TruthClip:
+    """A corpus clip: frames, audio and per-frame truth."""
+
+    name: str
+    split: str
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    wave: np.ndarray  # (T * sample_rate / fps,) float32
+    sample_rate: int
+    fps: int
+    opening: np.ndarray  # (T,)
+    speed: np.ndarray  # (T,) degrees per frame
+    boxes: np.ndarray  # (T, 4) corpus convention, pixels
+
+
+def find_clips(folder: str | Path) -> list[Path]:
+    """The clips (truth JSON files with an mp4 beside them) of a corpus folder, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: data folder not found")
+    paths = sorted(p for p in folder.glob("*.json") if p.with_suffix(".mp4").is_file())
+    if not paths:
+        raise InputError(f"{folder}: no corpus clips (<name>.json + <name>.mp4; emo-jax synth)")
+    return paths
+
+
+def load_clip(path: Path, seconds: float | None = None) -> TruthClip:
+    """A clip from its truth JSON (audio from the .wav beside it, else the mp4), cut to the
+    first `seconds` if given."""
+    from emo_jax.audio.io import load_audio
+    from emo_jax.checkpoint.torch_io import read_json
+    from emo_jax.data.video import iter_frames
+
+    truth = read_json(path)
+    per_frame = truth.get("frames", {})
+    missing = [k for k in TRUTH_KEYS if k not in per_frame]
+    if missing or "fps" not in truth or "sample_rate" not in truth:
+        raise InputError(f"{path}: not a corpus truth file (missing {', '.join(missing) or 'fps'})")
+    fps, rate = int(truth["fps"]), int(truth["sample_rate"])
+    n = len(per_frame["mouth_open"])
+    if seconds is not None:
+        n = min(n, max(1, int(round(seconds * fps))))
+    frames = []
+    for frame in iter_frames(path.with_suffix(".mp4")):
+        frames.append(frame)
+        if len(frames) == n:
+            break
+    if len(frames) < n:
+        raise InputError(f"{path.with_suffix('.mp4')}: {len(frames)} frames, the truth has {n}")
+    wav = path.with_suffix(".wav")
+    wave = load_audio(wav if wav.is_file() else path.with_suffix(".mp4"), rate)
+    samples = n * rate // fps
+    wave = np.pad(wave[:samples], (0, max(0, samples - len(wave))))
+    frames = np.stack(frames)
+    if frames.shape[1] != frames.shape[2]:
+        raise InputError(f"{path.with_suffix('.mp4')}: frames must be square (corpus clips are)")
+    return TruthClip(
+        name=path.stem,
+        split=str(truth.get("split", "unknown")),
+        frames=frames,
+        wave=wave.astype(np.float32),
+        sample_rate=rate,
+        fps=fps,
+        opening=np.asarray(per_frame["mouth_open"][:n], np.float64),
+        speed=np.asarray(per_frame["speed"][:n], np.float64),
+        boxes=np.asarray(per_frame["box"][:n], np.float64),
+    )
+
+
+def speed_curve(speed: np.ndarray, fps: int) -> list[float]:
+    """Per-second mean of a per-frame speed: the pipeline's speed curve (value i at i s)."""
+    return [float(speed[i : i + fps].mean()) for i in range(0, len(speed), fps)]
+
+
+def cut(frames: np.ndarray, boxes: np.ndarray, crop: tuple[int, int, int], size: int):
+    """Frames (T, H, W, 3) and boxes (T, 4) -> the square `crop` (x0, y0, side) resized to
+    `size`, as the pipeline cuts the reference."""
+    x0, y0, side = crop
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    out = np.stack(
+        [
+            cv2.resize(f[y0 : y0 + side, x0 : x0 + side], (size, size), interpolation=interp)
+            for f in frames
+        ]
+    )
+    return out, (boxes - [x0, y0, x0, y0]) * (size / side)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """What the measures read from one video."""
+
+    opening: np.ndarray  # (T,) mouth measure
+    speed: np.ndarray  # (T,) head speed, degrees per frame
+
+
+def read_video(frames: np.ndarray, fallback_box: np.ndarray) -> Reading:
+    """Faces tracked by the cascade (`fallback_box`, cascade convention, if none is found), the
+    mouth measure and the head speed."""
+    boxes = track_faces(frames, fallback_box)
+    return Reading(mouth_opening(frames, from_haar(boxes)), metrics.head_speeds(frames, boxes))
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def evaluate(
+    pipe: Any,
+    paths: list[Path],
+    seconds: float | None = None,
+    options: dict | None = None,
+    on_clip: Callable[[int, int, str], None] | None = None,
+) -> dict:
+    """Generates and measures every clip of `paths` (see the module doc); returns the results
+    (JSON-able: NaN and infinity become None)."""
+    from emo_jax.pipeline.inputs import FACE_EXPAND, box_mask
+
+    options = dict(options or {})
+    start = time.perf_counter()
+    generation = 0.0
+    per_clip, openings = [], []
+    readings: dict[str, list[Reading]] = {v: [] for v in VIDEOS}
+    requested: dict[str, list[np.ndarray]] = {v: [] for v in VIDEOS}
+    seams: dict[str, tuple[list, list]] = {v: ([], []) for v in VIDEOS}
+    clip_frames = None
+    for i, path in enumerate(paths):
+        clip = load_clip(path, seconds)
+        if on_clip is not None:
+            on_clip(i, len(paths), clip.name)
+        size = clip.frames.shape[1]
+        first_box = to_haar(clip.boxes[0])
+        mask = (box_mask(first_box, size, FACE_EXPAND) * 255).astype(np.uint8)
+        job = pipe.prepare(
+            clip.frames[0],
+            (clip.wave, clip.sample_rate),
+            speed=speed_curve(clip.speed, clip.fps),
+            mask=mask,
+            **options,
+        )
+        t0 = time.perf_counter()
+        generated = pipe.generate(job).frames
+        generation += time.perf_counter() - t0
+        n = min(len(generated), len(clip.opening))
+        resolution, clip_frames = generated.shape[1], job.clip_frames
+        truth, boxes = cut(clip.frames[:n], clip.boxes[:n], job.reference.crop, resolution)
+        fallback = to_haar(boxes[0])
+        videos = {
+            "generated": generated[:n],
+            "ground_truth": truth,
+            "reference_repeated": np.repeat(job.reference.image[None], n, axis=0),
+        }
+        row: dict[str, Any] = {"name": clip.name, "split": clip.split, "frames": n}
+        for video, frames in videos.items():
+            reading = read_video(frames, fallback)
+            readings[video].append(reading)
+            requested[video].append(clip.speed[:n] if video == "ground_truth" else job.speed[:n])
+            boundary, within = metrics.seam_changes(frames, job.clip_frames)
+            seams[video][0].append(boundary)
+            seams[video][1].append(within)
+            row[video] = {"lip_sync": metrics.pearson(reading.opening, clip.opening[:n])}
+            if video != "ground_truth":
+                row[video].update(metrics.identity(frames, truth, boxes))
+        openings.append(clip.opening[:n])
+        per_clip.append(row)
+    centers = pipe.config.model.emo.speed_centers
+    summary: dict[str, dict] = {}
+    for video in VIDEOS:
+        own = [row[video]["lip_sync"] for row in per_clip]
+        shuffled = [
+            metrics.pearson(r.opening[: len(o)], o[: len(r.opening)])
+            for r, o in zip(readings[video], openings[1:] + openings[:1])
+        ]
+        speeds = metrics.speed_buckets(
+            np.concatenate(requested[video]),
+            np.concatenate([r.speed for r in readings[video]]),
+            centers,
+        )
+        summary[video] = {
+            "lip_sync": _mean(own),
+            "lip_sync_shuffled": _mean(shuffled) if len(paths) > 1 else math.nan,
+            "identity_psnr": _mean([row[video].get("psnr", math.nan) for row in per_clip]),
+            "identity_ssim": _mean([row[video].get("ssim", math.nan) for row in per_clip]),
+            "head_speed_spearman": speeds["spearman"],
+            "head_speed_buckets": speeds["buckets"],
+            "seam_ratio": metrics.seam_ratio(
+                np.concatenate(seams[video][0]), np.concatenate(seams[video][1])
+            ),
+        }
+    return _jsonable(
+        {
+            "clips": len(per_clip),
+            "splits": sorted({row["split"] for row in per_clip}),
+            "seconds_per_clip": seconds,
+            "resolution": int(resolution),
+            "clip_frames": int(clip_frames),
+            "options": options,
+            "metrics": summary,
+            "per_clip": per_clip,
+            "generation_seconds": generation,
+            "total_seconds": time.perf_counter() - start,
+        }
+    )
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+TABLE_ROWS = (  # (label, metric key, format)
+    ("lip sync (Pearson)", "lip_sync", "{:.3f}"),
+    ("lip sync, shuffled audio", "lip_sync_shuffled", "{:.3f}"),
+    ("identity PSNR (dB)", "identity_psnr", "{:.2f}"),
+    ("identity SSIM", "identity_ssim", "{:.3f}"),
+    ("head speed (Spearman)", "head_speed_spearman", "{:.3f}"),
+    ("seams (boundary / within)", "seam_ratio", "{:.3f}"),
+)
+
+
+def format_table(results: dict) -> str:
+    """The results as a plain-text table: metrics x (generated, ground truth, reference)."""
+    heads = ("generated", "ground truth", "reference repeated")
+    width = max(len(label) for label, _, _ in TABLE_ROWS)
+    lines = [f"{'':{width}}  " + "  ".join(f"{h:>18}" for h in heads)]
+    for label, key, fmt in TABLE_ROWS:
+        cells = []
+        for video in VIDEOS:
+            value = results["metrics"][video].get(key)
+            cells.append(f"{'-' if value is None else fmt.format(value):>18}")
+        lines.append(f"{label:{width}}  " + "  ".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""`emo-jax evaluate` end to end with an oracle pipeline that "generates" the ground truth (the
+metric code on known answers: lip sync at the measure's ceiling, the controls near 0, identity
+exact, seams near 1), the command's errors, and (slow) a real run with random weights."""
+
+import json
+import math
+import types
+import warnings
+
+import numpy as np
+import pytest
+
+from emo_jax.cli import main
+from emo_jax.data import synth
+from emo_jax.eval import evaluate
+from emo_jax.pipeline import EMOPipeline, RandomWeightsWarning
+
+
+class Oracle(EMOPipeline):
+    """A pipeline whose video is the clip's own ground truth, cut as the reference was."""
+
+    def __init__(self, model, videos):
+        super().__init__(model)
+        self.videos = iter(videos)
+
+    def generate(self, job, *args, **kwargs):
+        frames = next(self.videos)
+        size = job.reference.image.shape[0]
+        cut, _ = evaluate.cut(frames, np.zeros((len(frames), 4)), job.reference.crop, size)
+        return types.SimpleNamespace(frames=cut[: job.num_frames])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("heldout")
+    synth.make_corpus(
+        folder, 2, 3.0, size=96, split="heldout", audio_source="espeak", progress=False
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def results(corpus):
+    paths = evaluate.find_clips(corpus)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        base = EMOPipeline.from_pretrained(None)
+    oracle = Oracle(base.model, [evaluate.load_clip(p).frames for p in paths])
+    return evaluate.evaluate(oracle, paths, options={"resolution": 96})
+
+
+def test_oracle_reads_the_truth(results):
+    generated, truth = results["metrics"]["generated"], results["metrics"]["ground_truth"]
+    assert results["clips"] == 2 and results["splits"] == ["heldout"]
+    assert results["resolution"] == 96 and len(results["per_clip"]) == 2
+    assert generated["lip_sync"] >= 0.95
+    assert generated["lip_sync"] == pytest.approx(truth["lip_sync"])
+    assert abs(generated["lip_sync_shuffled"]) <= 0.3
+    assert generated["identity_psnr"] is None  # infinite: the frames are the truth
+    assert generated["identity_ssim"] == pytest.approx(1.0)
+    assert generated["head_speed_spearman"] >= 0.8
+    assert 0.5 < generated["seam_ratio"] < 2.0
+    json.dumps(results, allow_nan=False)  # plain JSON: no NaN or infinity
+
+
+def test_controls_are_low(results):
+    frozen = results["metrics"]["reference_repeated"]
+    assert frozen["lip_sync"] == 0.0 and frozen["lip_sync_shuffled"] == 0.0
+    assert frozen["head_speed_spearman"] in (0.0, None)
+    assert frozen["seam_ratio"] is None  # nothing moves
+    assert 10 < frozen["identity_psnr"] < 40 and frozen["identity_ssim"] < 0.99
+
+
+def test_table(results):
+    table = evaluate.format_table(results)
+    lines = table.splitlines()
+    assert len(lines) == 1 + len(evaluate.TABLE_ROWS)
+    assert "lip sync (Pearson)" in lines[1] and "ground truth" in lines[0]
+    psnr = lines[3].split()
+    assert psnr[:3] == ["identity", "PSNR", "(dB)"] and psnr[-3:-1] == ["-", "-"]  # infinite
+
+
+def test_speed_curve_and_clip_loading(corpus):
+    assert evaluate.speed_curve(np.arange(60.0), 25) == [12.0, 37.0, 54.5]
+    clip = evaluate.load_clip(sorted(corpus.glob("*.json"))[0], seconds=1.0)
+    assert clip.frames.shape == (25, 96, 96, 3) and clip.wave.shape == (25 * 640,)
+    assert clip.opening.shape == clip.speed.shape == (25,) and clip.boxes.shape == (25, 4)
+
+
+def test_command_errors(tmp_path, corpus, capsys):
+    assert main(["evaluate", "--data", str(tmp_path / "missing")]) == 2
+    assert "data folder not found" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(tmp_path)]) == 2
+    assert "no corpus clips" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(corpus), "--clips", "0"]) == 2
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.json").write_text(json.dumps({"fps": 25, "frames": {}}))
+    (bad / "x.mp4").write_bytes(b"")
+    assert main(["evaluate", "--data", str(bad)]) == 2
+    assert "x.json: not a corpus truth file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_command_with_random_weights(tmp_path, corpus, capsys):
+    out = tmp_path / "results.json"
+    code = main(
+        ["evaluate", "--data", str(corpus), "--clips", "1", "--seconds", "1", "--steps", "1"]
+        + ["--resolution", "64", "--out", str(out), "--no-progress"]
+    )
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["clips"] == 1 and results["resolution"] == 64
+    assert results["checkpoint"].startswith("random weights")
+    assert math.isfinite(results["metrics"]["generated"]["identity_ssim"])
+    assert results["metrics"]["ground_truth"]["lip_sync"] > 0.9
+    assert "lip sync (Pearson)" in capsys.readouterr().out

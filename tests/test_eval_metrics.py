@@ -1,0 +1,82 @@
+"""Evaluation metrics on constructed cases: correlations, speed buckets, identity, seams."""
+
+import math
+
+import numpy as np
+import pytest
+
+from emo_jax.data import synth
+from emo_jax.eval import metrics
+from emo_jax.eval.mouth import to_haar
+
+CENTERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return synth.render_clip(synth.make_identity(synth.HELDOUT_SEED_BASE + 9), 4.0, 96, 0, "espeak")
+
+
+def test_correlations():
+    x = np.arange(10.0)
+    assert metrics.pearson(x, 2 * x + 1) == pytest.approx(1.0)
+    assert metrics.pearson(x, -x) == pytest.approx(-1.0)
+    assert metrics.pearson(np.ones(10), x) == 0.0  # a frozen mouth follows nothing
+    assert metrics.spearman(x, x**3) == pytest.approx(1.0)
+    assert metrics.spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)  # ties
+    assert math.isnan(metrics.spearman([1.0], [2.0]))
+
+
+def test_speed_buckets():
+    requested = np.repeat([0.1, 0.4, 0.8, 1.25], 20)  # -> buckets 0.0/0.2, 0.4, 0.8, 1.2
+    result = metrics.speed_buckets(requested, 3 * requested, CENTERS)
+    assert [b["requested"] for b in result["buckets"]] == [0.0, 0.4, 0.8, 1.2]
+    assert result["spearman"] == pytest.approx(1.0)
+    assert metrics.speed_buckets(requested, -requested, CENTERS)["spearman"] == pytest.approx(-1)
+    still = metrics.speed_buckets(requested, 1e-6 * requested, CENTERS)  # not motion
+    assert still["spearman"] == 0.0
+    few = metrics.speed_buckets(np.array([0.0] * 20 + [1.0] * 5), np.zeros(25), CENTERS)
+    assert len(few["buckets"]) == 1 and math.isnan(few["spearman"])
+
+
+def test_head_speed_of_true_frames(clip):
+    measured = metrics.head_speeds(clip.frames, to_haar(clip.boxes))
+    assert measured.shape == clip.speed.shape
+    assert metrics.pearson(measured, clip.speed) > 0.8
+    frozen = metrics.head_speeds(np.repeat(clip.frames[:1], 20, axis=0), to_haar(clip.boxes[:20]))
+    assert frozen.max() < 1e-3
+
+
+def test_identity(clip):
+    frames, boxes = clip.frames[:10], clip.boxes[:10]
+    same = metrics.identity(frames, frames, boxes)
+    assert same["psnr"] == math.inf and same["ssim"] == pytest.approx(1.0)
+    noise = np.random.default_rng(0).normal(0, 4, frames.shape)
+    noisy = np.clip(frames + noise, 0, 255).astype(np.uint8)
+    result = metrics.identity(noisy, frames, boxes)
+    assert result["psnr"] == pytest.approx(10 * math.log10(255**2 / 16), abs=0.3)
+    very = np.clip(frames + 8 * noise, 0, 255).astype(np.uint8)
+    assert metrics.identity(very, frames, boxes)["ssim"] < result["ssim"] < 1.0
+    # only the face outside the mouth counts: changing the mouth region changes nothing
+    mouthless = frames.copy()
+    for f, box in zip(mouthless, boxes):
+        m = ~metrics.face_mask(box, 96, 96)
+        f[m] = 0
+    assert metrics.identity(mouthless, frames, boxes)["psnr"] == math.inf
+    mask = metrics.face_mask(boxes[0], 96, 96)
+    x0, y0, x1, y1 = boxes[0]
+    assert mask.sum() < (x1 - x0) * (y1 - y0) * 0.9 and not mask[:, : int(x0)].any()
+
+
+def test_seams(clip):
+    frames = clip.frames[:48]
+    boundary, within = metrics.seam_changes(frames, 8)
+    assert len(boundary) == 5 and len(within) == 42
+    assert 0.5 < metrics.seam_ratio(boundary, within) < 2.0  # a continuous video
+    jumpy = frames.astype(np.int16)
+    for k in range(0, 48, 8):
+        jumpy[k : k + 8] += 30 if (k // 8) % 2 else -30  # each clip brighter or darker
+    jumpy = np.clip(jumpy, 0, 255).astype(np.uint8)
+    assert metrics.seam_ratio(*metrics.seam_changes(jumpy, 8)) > 5
+    assert math.isnan(metrics.seam_ratio(*metrics.seam_changes(np.repeat(frames[:1], 20, 0), 8)))
+    assert math.isnan(metrics.seam_ratio(*metrics.seam_changes(frames[:6], 8)))  # one clip
