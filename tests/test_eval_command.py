@@ -81,7 +81,7 @@ def test_table(results):
 
 
 def test_speed_curve_and_clip_loading(corpus):
-    assert evaluate.speed_curve(np.arange(60.0), 25) == [12.0, 37.0, 54.5]
+    assert evaluate.speed_curve(np.arange(60.0), 25) == [5.5, 24.5, 48.5]
     clip = evaluate.load_clip(sorted(corpus.glob("*.json"))[0], seconds=1.0)
     assert clip.frames.shape == (25, 96, 96, 3) and clip.wave.shape == (25 * 640,)
     assert clip.opening.shape == clip.speed.shape == (25,) and clip.boxes.shape == (25, 4)

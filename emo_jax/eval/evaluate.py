@@ -3,8 +3,9 @@ measure what EMO should learn against the clip's known truth.
 
 For each clip of the corpus folder (`emo-jax synth --split heldout`): the first frame is the
 reference, the clip's audio the audio, and the requested head speed is the clip's true speed
-averaged per second (the pipeline's speed curve). The generated frames are compared with the
-ground-truth frames cut and resized the way the pipeline cut the reference (`Reference.crop`).
+averaged over the second around each whole second (the pipeline's speed curve). The generated
+frames are compared with the ground-truth frames cut and resized the way the pipeline cut the
+reference (`Reference.crop`).
 The face-region mask given to the pipeline is the first frame's true face box in the cascade's
 convention (`mouth.to_haar`), enlarged as the pipeline does, so no clip fails on detection.
 
@@ -113,8 +114,10 @@ def load_clip(path: Path, seconds: float | None = None) -> TruthClip:
 
 
 def speed_curve(speed: np.ndarray, fps: int) -> list[float]:
-    """Per-second mean of a per-frame speed: the pipeline's speed curve (value i at i s)."""
-    return [float(speed[i : i + fps].mean()) for i in range(0, len(speed), fps)]
+    """The pipeline's speed curve (value i at i seconds, interpolated between) of a per-frame
+    speed: value i is the mean over the second around i s."""
+    half = fps // 2
+    return [float(speed[max(0, i - half) : i + half].mean()) for i in range(0, len(speed), fps)]
 
 
 def cut(frames: np.ndarray, boxes: np.ndarray, crop: tuple[int, int, int], size: int):
@@ -186,7 +189,8 @@ def evaluate(
         )
         t0 = time.perf_counter()
         generated = pipe.generate(job).frames
-        generation += time.perf_counter() - t0
+        seconds_generating = time.perf_counter() - t0
+        generation += seconds_generating
         n = min(len(generated), len(clip.opening))
         resolution, clip_frames = generated.shape[1], job.clip_frames
         truth, boxes = cut(clip.frames[:n], clip.boxes[:n], job.reference.crop, resolution)
@@ -196,7 +200,12 @@ def evaluate(
             "ground_truth": truth,
             "reference_repeated": np.repeat(job.reference.image[None], n, axis=0),
         }
-        row: dict[str, Any] = {"name": clip.name, "split": clip.split, "frames": n}
+        row: dict[str, Any] = {
+            "name": clip.name,
+            "split": clip.split,
+            "frames": n,
+            "generation_seconds": seconds_generating,
+        }
         for video, frames in videos.items():
             reading = read_video(frames, fallback)
             readings[video].append(reading)
