@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 import yaml
 
@@ -31,7 +29,7 @@ def save_bundle(folder: str | Path, config: Config, params: dict, overwrite: boo
     with atomic_folder(folder, overwrite) as tmp:
         (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp / "params", jax.tree_util.tree_map(np.asarray, params))
+            ckptr.save(tmp / "params", params)
             ckptr.wait_until_finished()
 
 

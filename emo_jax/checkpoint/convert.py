@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from emo_jax.errors import InputError
@@ -163,6 +164,13 @@ def _report(
         raise ConversionError(f"{source}: state dict does not fit the model: " + "; ".join(parts))
 
 
+def _to_device(value: np.ndarray) -> Any:
+    """Float32 weights become jax arrays as they are read, so the numpy copy of each tensor is
+    freed at once (a checkpoint is held once) and Orbax saves them without another copy.
+    Other dtypes stay numpy: JAX would narrow 64-bit values."""
+    return jnp.asarray(value) if value.dtype == np.float32 else value
+
+
 def torch_to_flax(
     state_dict: Mapping[str, Any],
     abstract_params: Any,
@@ -190,7 +198,7 @@ def torch_to_flax(
             mismatched.append(f"{r.key} {tuple(value.shape)} != expected {torch_shape(r)}")
             leaves.append(None)
             continue
-        leaves.append(np.transpose(value, _inverse(r.perm)) if r.perm else value)
+        leaves.append(_to_device(np.transpose(value, _inverse(r.perm)) if r.perm else value))
     unexpected = sorted(k for k in state_dict if k not in known)
     _report(
         source,

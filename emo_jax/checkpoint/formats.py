@@ -16,8 +16,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from emo_jax.checkpoint import bundle, export, layouts
@@ -233,7 +231,7 @@ def _read_animatediff(path: Path) -> Model:
 
 def _write_orbax(params: Any, dst: Path) -> None:
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(dst.absolute(), jax.tree_util.tree_map(np.asarray, params))
+        ckptr.save(dst.absolute(), params)
         ckptr.wait_until_finished()
 
 
