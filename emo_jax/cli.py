@@ -12,6 +12,7 @@ from emo_jax.errors import InputError
 COMMAND_MODULES = (
     "emo_jax.commands.info",
     "emo_jax.commands.generate",
+    "emo_jax.commands.app",
     "emo_jax.commands.train",
     "emo_jax.commands.convert",
     "emo_jax.commands.synth",
