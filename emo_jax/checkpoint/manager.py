@@ -77,16 +77,21 @@ class Checkpoints:
             force=True,
         )
 
-    def restore(self, step: int, abstract_state: Any, iterator: Any) -> Any:
-        """The state at `step` (shaped and sharded like `abstract_state`); `iterator` is set to
-        the position it had when that step was saved."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(iterator),
-            ),
-        )
+    def restore(self, step: int, abstract_state: Any, iterator: Any | None = None) -> Any:
+        """The state at `step` (shaped and sharded like `abstract_state`); `iterator`, if given,
+        is set to the position it had when that step was saved."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except ValueError as e:
+            if "process_" in str(e):  # Grain keeps one file per process
+                raise InputError(
+                    f"{self.directory}/{step}: its data position was saved by another number of "
+                    f"processes than {jax.process_count()}; resume with the same number"
+                ) from None
+            raise
         return restored["state"]
 
     def restore_numpy(self, step: int | None = None) -> Any:

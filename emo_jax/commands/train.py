@@ -1,0 +1,41 @@
+"""`emo-jax train`: one training stage from a config (resumes if its run folder has checkpoints)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="run (or resume) a training stage: configs/train/stageN.yaml")
+    p.add_argument("--config", required=True, help="stage config, e.g. configs/train/stage1.yaml")
+    p.add_argument("--coordinator", help="multi-host: address:port of process 0")
+    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=1000")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from emo_jax.config import load_config
+
+    overrides = list(args.overrides)
+    for flag, key in (
+        (args.coordinator, "coordinator_address"),
+        (args.num_processes, "num_processes"),
+        (args.process_id, "process_id"),
+    ):
+        if flag is not None:
+            overrides.append(f"parallel.{key}={flag}")
+    cfg = load_config(args.config, overrides)
+
+    from emo_jax.parallel.mesh import initialize
+    from emo_jax.train.loop import train
+
+    initialize(cfg.parallel)
+    result = train(cfg, progress=not args.no_progress)
+    losses = result["losses"]
+    if losses:
+        first, last = losses[min(losses)], losses[max(losses)]
+        print(f"steps {result['start']} -> {result['end']}: loss {first:.4f} -> {last:.4f}")
+    return 0

@@ -1,0 +1,117 @@
+"""Training batches: this process's rows of each global batch, from Grain, with the audio
+turned into windowed per-frame features on the host, then assembled into global jax.Arrays.
+
+The global batch is cut into `parallel.data_shards` Grain shards (default: one per process);
+process p reads shards [p*k, (p+1)*k), k = shards / processes, and concatenates them. The same
+number of shards gives the same global batches on any number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+
+from emo_jax.audio.features import AudioFeatures, SilentAudioWarning
+from emo_jax.config import Config, ConfigError
+from emo_jax.data.pipeline import make_loader
+from emo_jax.models.emo import audio_feature_shape
+
+
+class AudioWindows:
+    """Raw waveform slices of frames [t0-m, t0+F+m) -> features (F, 2m+1, layers, dim) of the
+    F target frames (their windows see real audio on both sides)."""
+
+    def __init__(self, cfg: Config):
+        self.features = AudioFeatures(cfg.model.audio)
+        self.m, self.f = cfg.data.audio_context, cfg.data.n_frames
+
+    def __call__(self, waves: np.ndarray) -> np.ndarray:
+        out = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SilentAudioWarning)
+            for wave in waves:
+                out.append(self.features(wave)[self.m : self.m + self.f])
+        return np.stack(out).astype(np.float32)  # (B, F, 2m+1, layers, dim)
+
+
+class BatchStream:
+    """Iterator over this process's part of each global batch (host numpy, model-ready); its
+    position is checkpointable (`get_state` / `set_state`, Grain's Orbax handler)."""
+
+    def __init__(
+        self, cfg: Config, process_index: int | None = None, process_count: int | None = None
+    ):
+        if process_index is None or process_count is None:
+            process_index, process_count = jax.process_index(), jax.process_count()
+        shards = cfg.parallel.data_shards or process_count
+        if shards % process_count:
+            raise ConfigError(
+                f"parallel.data_shards {shards} is not a multiple of the {process_count} processes"
+            )
+        per = shards // process_count
+        self.loaders = [make_loader(cfg.data, process_index * per + i, shards) for i in range(per)]
+        self.iterators = [iter(loader) for loader in self.loaders]
+        use_audio = cfg.data.mode == "video" and cfg.model.emo.use_audio
+        self.audio = AudioWindows(cfg) if use_audio else None
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        parts = [next(it) for it in self.iterators]
+        batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return prepare(batch, self.audio)
+
+    def get_state(self) -> bytes:
+        return json.dumps([it.get_state().decode() for it in self.iterators]).encode()
+
+    def set_state(self, state: bytes) -> None:
+        states = json.loads(state)
+        if len(states) != len(self.iterators):
+            raise ConfigError(
+                f"the checkpoint's data position has {len(states)} Grain shards per process, "
+                f"this run {len(self.iterators)} (keep parallel.data_shards and the process count)"
+            )
+        for it, s in zip(self.iterators, states):
+            it.set_state(s.encode())
+
+    def start_prefetch(self) -> None:
+        """Called by Grain's checkpoint handler after a restore (loading is on demand here)."""
+
+
+def prepare(batch: dict[str, np.ndarray], audio: AudioWindows | None) -> dict[str, np.ndarray]:
+    """A loader batch -> model inputs: audio waveforms -> features (or dropped without audio)."""
+    out = dict(batch)
+    wave = out.pop("audio", None)
+    if audio is not None and wave is not None:
+        out["audio"] = audio(wave)
+    return out
+
+
+def global_batch(local: dict[str, np.ndarray], shardings: dict[str, NamedSharding]) -> dict:
+    """Process-local rows -> global jax.Arrays split along the batch axis."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
+
+
+def batch_abstract(cfg: Config, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes of a model-ready batch of `rows` examples (for compiling without data)."""
+    d, emo = cfg.data, cfg.model.emo
+    s = d.resolution
+    f = d.n_frames if d.mode == "video" else 1
+    spec: dict[str, Any] = {
+        "frames": ((rows, f, s, s, 3), np.uint8),
+        "reference": ((rows, s, s, 3), np.uint8),
+        "mask": ((rows, s, s), np.float32),
+    }
+    if d.mode == "video":
+        spec["motion_frames"] = ((rows, d.n_motion_frames, s, s, 3), np.uint8)
+        spec["speed"] = ((rows, f), np.float32)
+        if emo.use_audio:
+            layers, dim = audio_feature_shape(cfg.model.audio)
+            spec["audio"] = ((rows, f, 2 * d.audio_context + 1, layers, dim), np.float32)
+    return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}

@@ -1,0 +1,85 @@
+"""A sample video during training: the fixed validation example generated with the current
+weights (guided DDIM from noise, VAE decode), written beside its ground truth with its audio."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emo_jax.config import Config
+from emo_jax.data.pipeline import make_loader
+from emo_jax.data.video import VideoWriter
+from emo_jax.diffusion import Guidance, guided, make_sampler, sample
+from emo_jax.models.emo import EMOModel, encode_reference
+from emo_jax.models.vae import AutoencoderKL, unscale_latents
+from emo_jax.parallel.sharding import replicated
+from emo_jax.train.data import AudioWindows, prepare
+from emo_jax.train.step import batch_latents
+
+
+def validation_example(cfg: Config) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The first clip of the corpus in index order (batch of 1, model-ready) and the raw audio
+    of its target frames (None in image mode); the same on every process."""
+    data = dataclasses.replace(cfg.data, shuffle=False, batch_size=1, worker_count=0, seed=0)
+    raw = next(iter(make_loader(data, 0, 1)))
+    wave = None
+    if "audio" in raw:
+        spf = data.sample_rate // data.fps
+        wave = raw["audio"][
+            0, data.audio_context * spf : (data.audio_context + data.n_frames) * spf
+        ]
+    use_audio = data.mode == "video" and cfg.model.emo.use_audio
+    return prepare(raw, AudioWindows(cfg) if use_audio else None), wave
+
+
+class SampleVideos:
+    """Writes `<dir>/step_<N>.mp4`: generated frames | ground truth, with the clip's audio."""
+
+    def __init__(self, cfg: Config, model: EMOModel, vae: AutoencoderKL, mesh, shardings: tuple):
+        self.cfg = cfg
+        self.example, self.wave = validation_example(cfg)
+        sampler = make_sampler(cfg.diffusion, cfg.train.sample_steps)
+        guidance = Guidance.from_config(cfg.diffusion)
+        passes = len(guidance.passes)
+
+        def generate(params, vae_params, example, key):
+            _, ref_latent, motion_latents = batch_latents(vae, vae_params, example, None)
+            features = encode_reference(model, params, ref_latent, motion_latents)
+            tile = lambda x: None if x is None else jnp.concatenate([x] * passes)  # noqa: E731
+            feats = jax.tree_util.tree_map(tile, features)
+            audio, speed = tile(example.get("audio")), tile(example.get("speed"))
+            mask = tile(example["mask"])
+
+            def denoise(x, t, keep):
+                out = model.apply({"params": params}, x, t, feats, audio, mask, speed, keep)
+                return out
+
+            f, s = example["frames"].shape[1], example["frames"].shape[2]
+            h = s // (2 ** (len(vae.config.block_out_channels) - 1))
+            z = jax.random.normal(key, (1, f, h, h, model.config.unet.in_channels))
+            latents = sample(guided(denoise, guidance), z, sampler)
+            x = vae.apply(
+                {"params": vae_params},
+                unscale_latents(latents[0], vae.config).astype(vae.dtype),
+                method=AutoencoderKL.decode,
+            )
+            return jnp.round((jnp.clip(x.astype(jnp.float32), -1, 1) + 1) * 127.5).astype(jnp.uint8)
+
+        rep = replicated(mesh)
+        self._generate = jax.jit(generate, in_shardings=(*shardings, rep, rep), out_shardings=rep)
+
+    def write(self, path: Path, params: Any, vae_params: Any, seed: int = 0) -> np.ndarray:
+        """Generates and (on process 0) writes the video; returns its frames (F, S, 2S, 3)."""
+        frames = np.asarray(
+            self._generate(params, vae_params, self.example, jax.random.PRNGKey(seed))
+        )
+        video = np.concatenate([frames, self.example["frames"][0]], axis=2)
+        if jax.process_index() == 0:
+            with VideoWriter(path, self.cfg.data.fps, self.wave, self.cfg.data.sample_rate) as w:
+                w.write(video)
+        return video

@@ -1,0 +1,205 @@
+"""Training pieces on one device: stage configs, trainable/frozen split, loading a previous
+stage, sharding rules, the compiled step's memory, NaN skip and EMA."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import train_support as ts
+from flax.traverse_util import flatten_dict
+from jax.sharding import AbstractMesh, AxisType, PartitionSpec
+
+from emo_jax.checkpoint.manager import Checkpoints
+from emo_jax.cli import main
+from emo_jax.config import ConfigError, ParallelConfig, load_config
+from emo_jax.models.emo import EMOModel, abstract_params
+from emo_jax.models.inventory import component_of, emo_counts
+from emo_jax.parallel.mesh import axis_sizes, make_mesh
+from emo_jax.parallel.sharding import spec_for
+from emo_jax.train.data import BatchStream, global_batch
+from emo_jax.train.setup import build
+from emo_jax.train.stages import load_matching, merge, split, validate
+from emo_jax.train.step import _micro_batches, init_state
+from emo_jax.train.weights import initial_params, load_vae, previous_stage_params
+
+STAGES = {
+    1: ({"reference_net", "backbone_spatial", "face_locator"}, "image", (False, False, False)),
+    2: ({"temporal", "audio_attention", "audio_projection"}, "video", (True, True, False)),
+    3: ({"temporal", "speed"}, "video", (True, True, True)),
+}
+
+
+def _bytes(tree) -> int:
+    return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize("prefix", ["", "tiny_"])
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stage_configs_follow_the_paper(stage, prefix):
+    cfg = load_config(f"configs/train/{prefix}stage{stage}.yaml")
+    trainable, mode, switches = STAGES[stage]
+    emo = cfg.model.emo
+    assert set(cfg.train.trainable) == trainable and cfg.data.mode == mode
+    assert (emo.use_temporal, emo.use_audio, emo.use_speed) == switches
+    if prefix:  # (full size: the bench builds those steps)
+        validate(cfg, abstract_params(EMOModel(cfg.model)))
+    else:  # the paper's values
+        assert cfg.train.learning_rate == 1e-5 and cfg.data.resolution == 512
+        assert cfg.data.batch_size == (48 if stage == 1 else 4)
+        if stage > 1:
+            assert (cfg.data.n_frames, cfg.data.n_motion_frames) == (12, 4)
+            assert cfg.train.init_from == f"runs/stage{stage - 1}"
+    # speed: degrees per frame in the data; the bucket centres span the synthetic corpus' range
+    assert min(emo.speed_centers) <= 0.05 and max(emo.speed_centers) >= 1.5
+
+
+def test_validate_names_the_problem():
+    cfg = load_config("configs/train/tiny_stage2.yaml", ["train.trainable=[speed]"])
+    with pytest.raises(ConfigError, match="speed.*not in this model"):
+        validate(cfg, abstract_params(EMOModel(cfg.model)))
+    cfg = load_config("configs/train/tiny_stage2.yaml", ["data.mode=image"])
+    with pytest.raises(ConfigError, match="use_temporal"):
+        validate(cfg, abstract_params(EMOModel(cfg.model)))
+    assert main(["train", "--config", "configs/train/tiny_stage1.yaml", "train.trainable=[x]"]) == 2
+
+
+class _NoData:
+    """A data iterator with nothing to remember."""
+
+    def get_state(self):
+        return b"{}"
+
+
+def test_split_merge_and_next_stage_loading(tmp_path):
+    stage1 = abstract_params(EMOModel(load_config("configs/train/tiny_stage1.yaml").model))
+    stage2 = abstract_params(EMOModel(load_config("configs/train/tiny_stage2.yaml").model))
+    train, frozen = split(stage2, ("temporal", "audio_attention", "audio_projection"))
+    assert {component_of(p) for p in flatten_dict(train)} == {
+        "temporal",
+        "audio_attention",
+        "audio_projection",
+    }
+    assert flatten_dict(merge(train, frozen)).keys() == flatten_dict(stage2).keys()
+
+    ones = jax.tree_util.tree_map(lambda x: np.ones(x.shape, x.dtype), stage1)
+    zeros = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), stage2)
+    loaded, report = load_matching(zeros, ones, "stage1")
+    flat = flatten_dict(loaded)
+    assert report.loaded == len(flatten_dict(stage1)) and report.unused == 0
+    # new at init: the stage-2 modules, and the pre-norm of the audio-attention (`norm2`,
+    # counted as backbone by the inventory; absent in stage 1, which has no cross-attention)
+    new = {p for p in report.initialised if not p.endswith(("norm2/scale", "norm2/bias"))}
+    assert {component_of(tuple(p.split("/"))) for p in new} == {
+        "temporal",
+        "audio_attention",
+        "audio_projection",
+    }
+    for path, v in flat.items():
+        assert v.all() == ("/".join(path) not in report.initialised), path
+
+    # a stage-1 run folder: its latest checkpoint's EMA (else params) + frozen params
+    t1, f1 = split(ones, ("reference_net",))
+    state = {"params": jax.tree_util.tree_map(lambda x: 2 * x, t1), "ema": t1, "step": np.int32(1)}
+    ckpts = Checkpoints(tmp_path / "checkpoints")
+    ckpts.save(1, {"state": state, "frozen": f1}, _NoData())
+    ckpts.wait()
+    prev = flatten_dict(previous_stage_params(tmp_path))
+    assert prev.keys() == flatten_dict(stage1).keys() and all(v.max() == 1 for v in prev.values())
+
+    bad = jax.tree_util.tree_map(lambda x: np.ones((3,) * x.ndim, x.dtype), stage1)
+    with pytest.raises(ConfigError, match="do not fit"):
+        load_matching(zeros, bad, "bad")
+
+
+def test_sharding_rules():
+    mesh = AbstractMesh((2, 4, 1), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+    assert spec_for("kernel", (320, 640), mesh) == PartitionSpec("fsdp", None)
+    assert spec_for("kernel", (3, 3, 320, 640), mesh) == PartitionSpec(None, None, "fsdp", None)
+    # input features not divisible: FSDP moves to the largest dimension it divides
+    assert spec_for("kernel", (3, 3, 6, 640), mesh) == PartitionSpec(None, None, None, "fsdp")
+    assert spec_for("bias", (640,), mesh, fsdp_min_size=4096) == PartitionSpec(None)
+    assert spec_for("bias", (640,), mesh, fsdp_min_size=0) == PartitionSpec("fsdp")
+    assert spec_for("kernel", (6, 5), mesh, fsdp_min_size=0) == PartitionSpec(None, None)
+    tensor = AbstractMesh((1, 2, 4), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+    assert spec_for("kernel", (320, 640), tensor) == PartitionSpec("fsdp", "tensor")
+    assert axis_sizes(ParallelConfig(data=-1, fsdp=4), 8) == (2, 4, 1)
+    with pytest.raises(ConfigError, match="needs 16 devices"):
+        axis_sizes(ParallelConfig(data=4, fsdp=4), 8)
+
+
+def test_micro_batches_take_every_kth_row():
+    x = np.arange(8)
+    assert _micro_batches({"x": x}, 2)["x"].tolist() == [[0, 2, 4, 6], [1, 3, 5, 7]]
+
+
+@pytest.fixture(scope="module")
+def stage3(tmp_path_factory):
+    corpus = ts.make_corpus(tmp_path_factory.getbasetemp() / "train_corpus")
+    cfg = load_config(ts.CONFIG, ts.overrides(corpus, tmp_path_factory.mktemp("run")))
+    return cfg, build(cfg, make_mesh(cfg.parallel))
+
+
+def test_frozen_params_have_no_optimizer_state_nor_step_memory(stage3):
+    cfg, setup = stage3
+    trainable = flatten_dict(setup.abstract_state.params)
+    assert {component_of(p) for p in trainable} == {"temporal", "speed"}
+    params = _bytes(setup.abstract_state.params)
+    # AdamW's two moments (and a step count): of the trainable params only
+    assert 2 * params <= _bytes(setup.abstract_state.opt_state) <= 2 * params + 64
+
+    compiled = setup.step.lower(
+        setup.abstract_state, setup.abstract_frozen, setup.abstract_vae, setup.abstract_batch
+    ).compile()
+    mem = compiled.memory_analysis()
+    state, frozen = _bytes(setup.abstract_state), _bytes(setup.abstract_frozen)
+    inputs = state + frozen + _bytes(setup.abstract_vae) + _bytes(setup.abstract_batch)
+    assert inputs - 65536 <= mem.argument_size_in_bytes <= inputs  # less: unused params pruned
+    # outputs: the state (updated in place) + metrics and a buffer table; no frozen param
+    assert mem.alias_size_in_bytes == state
+    assert mem.output_size_in_bytes - state < frozen / 20
+
+    # The same step with everything trainable: the frozen params' gradients, moments and
+    # updates are what the split saves, in working memory and in arithmetic.
+    everything = dataclasses.replace(
+        cfg.train, trainable=tuple(emo_counts(abstract_params(setup.model)))
+    )
+    full = build(dataclasses.replace(cfg, train=everything), setup.mesh)
+    full_compiled = full.step.lower(
+        full.abstract_state, full.abstract_frozen, full.abstract_vae, full.abstract_batch
+    ).compile()
+    full_mem = full_compiled.memory_analysis()
+    assert full_mem.temp_size_in_bytes - mem.temp_size_in_bytes >= frozen
+    assert compiled.cost_analysis()["flops"] < 0.9 * full_compiled.cost_analysis()["flops"]
+
+
+def test_nan_step_is_skipped_and_ema_follows(stage3):
+    cfg, setup = stage3
+    state_sh, frozen_sh, vae_sh, batch_sh = setup.shardings
+    params, _ = initial_params(cfg, setup.model, setup.param_shardings)
+    trainable, frozen = split(params, cfg.train.trainable)
+    state = jax.jit(lambda p: init_state(p, setup.optimizer, cfg), out_shardings=state_sh)(
+        trainable
+    )
+    vae = jax.device_put(load_vae(cfg, setup.vae), vae_sh)
+    data = BatchStream(cfg)
+    p0 = jax.device_get(state.params)
+    state, m = setup.step(state, frozen, vae, global_batch(next(data), batch_sh))
+    assert bool(m["ok"]) and int(state.step) == 1 and int(state.skipped) == 0
+    p1, ema1 = jax.device_get((state.params, state.ema))
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()), p1, p0)
+    assert max(jax.tree_util.tree_leaves(moved)) > 0
+    for e, a, b in zip(*(jax.tree_util.tree_leaves(t) for t in (ema1, p0, p1))):
+        np.testing.assert_allclose(e, 0.9 * a + 0.1 * b, rtol=1e-5, atol=1e-7)
+
+    opt1 = jax.device_get(state.opt_state)
+    nan_vae = jax.tree_util.tree_map(lambda x: jnp.full_like(x, jnp.nan), vae)
+    state, m = setup.step(state, frozen, nan_vae, global_batch(next(data), batch_sh))
+    assert not bool(m["ok"]) and not np.isfinite(float(m["loss"]))
+    assert int(state.step) == 2 and int(state.skipped) == 1
+    same = jax.tree_util.tree_map(
+        np.array_equal, (p1, ema1, opt1), jax.device_get((state.params, state.ema, state.opt_state))
+    )
+    assert all(jax.tree_util.tree_leaves(same))
