@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict
 
@@ -84,18 +85,21 @@ def random_emo_bundle(folder: Path) -> tuple[float, dict]:
     """A full-size EMO bundle of random weights; (GiB, per-tensor digests)."""
     config = load_config("configs/model/emo_sd15.yaml")
     rng = np.random.default_rng(0)
-    emo = jax.tree_util.tree_map(
-        lambda a: rng.standard_normal(a.shape, np.float32), emo_abstract(EMOModel(config.model))
-    )
+
+    def draw(
+        a,
+    ):  # one numpy tensor at a time, kept as a jax array (Orbax saves those without a copy)
+        return jnp.asarray(rng.standard_normal(a.shape, np.float32))
+
+    emo = jax.tree_util.tree_map(draw, emo_abstract(EMOModel(config.model)))
     vae_cfg = config.model.vae
     vae = jax.tree_util.tree_map(
-        lambda a: rng.standard_normal(a.shape, np.float32),
-        abstract_params(VAE_FORMAT.build(vae_cfg, None), VAE_FORMAT, vae_cfg),
+        draw, abstract_params(VAE_FORMAT.build(vae_cfg, None), VAE_FORMAT, vae_cfg)
     )
     params = {"emo": emo, "vae": vae}
     size = sum(x.size for x in jax.tree_util.tree_leaves(params)) * 4 / GIB
     save_bundle(folder, config, params)
-    return size, digest(params)
+    return size, digest(params)  # params are freed on return: the conversions run alone
 
 
 def main() -> None:
@@ -117,6 +121,7 @@ def main() -> None:
     exact = None
     if args.emo:
         size, before = random_emo_bundle(work / "emo")
+        jax.clear_caches()
         secs, peak = run(["convert", "--src", str(work / "emo"), "--dst", str(work / "emo_export")])
         rows.append(("EMO bundle -> exported folder", size, secs, peak))
         secs, peak = run(
