@@ -75,76 +75,48 @@ class VAEMidBlock(nn.Module):
         return res(1)(x)
 
 
-class Encoder(nn.Module):
-    """Image (B, H, W, 3) -> moments (B, H/f, W/f, 2*latent)."""
+class Coder(nn.Module):
+    """The encoder (image (B, H, W, 3) -> moments (B, H/f, W/f, 2*latent)) or the decoder
+    (latents (B, h, w, latent) -> image (B, h*f, w*f, 3)): mirror images of each other."""
 
     config: VAEConfig
+    kind: str  # "encoder" | "decoder"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        ch = cfg.block_out_channels
+        encoder = self.kind == "encoder"
+        ch = cfg.block_out_channels if encoder else tuple(reversed(cfg.block_out_channels))
+        mid = VAEMidBlock(
+            ch[-1] if encoder else ch[0],
+            cfg.norm_num_groups,
+            cfg.act_fn,
+            cfg.mid_block_add_attention,
+            self.dtype,
+            name="mid_block",
+        )
         x = conv(ch[0], 3, self.dtype, "conv_in")(x)
+        if not encoder:
+            x = mid(x)
         for i, c in enumerate(ch):
             x = VAEBlock(
-                "down",
+                "down" if encoder else "up",
                 c,
-                cfg.layers_per_block,
+                cfg.layers_per_block + (0 if encoder else 1),
                 i < len(ch) - 1,
                 cfg.norm_num_groups,
                 cfg.act_fn,
                 self.dtype,
-                name=f"down_blocks_{i}",
+                name=f"{'down' if encoder else 'up'}_blocks_{i}",
             )(x)
-        x = VAEMidBlock(
-            ch[-1],
-            cfg.norm_num_groups,
-            cfg.act_fn,
-            cfg.mid_block_add_attention,
-            self.dtype,
-            name="mid_block",
-        )(x)
+        if encoder:
+            x = mid(x)
         x = get_activation(cfg.act_fn)(
             group_norm(cfg.norm_num_groups, EPS, self.dtype, "conv_norm_out")(x)
         )
-        return conv(2 * cfg.latent_channels, 3, self.dtype, "conv_out")(x)
-
-
-class Decoder(nn.Module):
-    """Latents (B, h, w, latent) -> image (B, h*f, w*f, 3)."""
-
-    config: VAEConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
-        cfg = self.config
-        ch = tuple(reversed(cfg.block_out_channels))
-        x = conv(ch[0], 3, self.dtype, "conv_in")(z)
-        x = VAEMidBlock(
-            ch[0],
-            cfg.norm_num_groups,
-            cfg.act_fn,
-            cfg.mid_block_add_attention,
-            self.dtype,
-            name="mid_block",
-        )(x)
-        for i, c in enumerate(ch):
-            x = VAEBlock(
-                "up",
-                c,
-                cfg.layers_per_block + 1,
-                i < len(ch) - 1,
-                cfg.norm_num_groups,
-                cfg.act_fn,
-                self.dtype,
-                name=f"up_blocks_{i}",
-            )(x)
-        x = get_activation(cfg.act_fn)(
-            group_norm(cfg.norm_num_groups, EPS, self.dtype, "conv_norm_out")(x)
-        )
-        return conv(cfg.out_channels, 3, self.dtype, "conv_out")(x)
+        out = 2 * cfg.latent_channels if encoder else cfg.out_channels
+        return conv(out, 3, self.dtype, "conv_out")(x)
 
 
 class AutoencoderKL(nn.Module):
@@ -159,8 +131,8 @@ class AutoencoderKL(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        self.encoder = Encoder(cfg, self.dtype)
-        self.decoder = Decoder(cfg, self.dtype)
+        self.encoder = Coder(cfg, "encoder", self.dtype)
+        self.decoder = Coder(cfg, "decoder", self.dtype)
         if cfg.use_quant_conv:
             self.quant_conv = nn.Conv(2 * cfg.latent_channels, (1, 1), dtype=self.dtype)
         if cfg.use_post_quant_conv:
