@@ -504,9 +504,10 @@ class TrainConfig:
     drop_motion: float = 0.05  # motion frames -> zero maps, as for a video's first clip
     log_every: int = 10  # steps between stdout / TensorBoard lines
     checkpoint_every: int = 1000  # steps between (async) checkpoints; one more at the end
-    keep_checkpoints: int = 3  # the latest N, plus the best by mean training loss
+    keep_checkpoints: int = 3  # the latest N, plus the best (eval loss, else training loss)
     sample_every: int = 0  # steps between sample videos (0: none)
     sample_steps: int = 20  # DDIM steps of a sample video
+    eval_batches: int = 0  # fixed batches scored at start and per checkpoint (fixed noise)
 
 
 @dataclasses.dataclass(frozen=True)

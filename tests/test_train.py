@@ -114,6 +114,15 @@ def test_split_merge_and_next_stage_loading(tmp_path):
         load_matching(zeros, bad, "bad")
 
 
+def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
+    ckpts = Checkpoints(tmp_path, keep=2)
+    for step, loss in zip(range(1, 6), [5.0, 1.0, 4.0, 3.0, 2.0]):
+        ckpts.save(step, {"x": np.full(3, step, np.float32)}, _NoData(), loss)
+    ckpts.wait()
+    assert ckpts.all_steps() == [2, 4, 5]
+    assert Checkpoints(tmp_path).restore_numpy()["x"].tolist() == [5, 5, 5]
+
+
 def test_sharding_rules():
     mesh = AbstractMesh((2, 4, 1), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
     assert spec_for("kernel", (320, 640), mesh) == PartitionSpec("fsdp", None)

@@ -23,9 +23,10 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(corpus, tmp_path_factory):
-    """6 steps on one device, checkpoints at 2, 4, 6, a sample video at 6."""
+    """6 steps on one device, checkpoints at 2, 4, 6 with an evaluation loss, a sample video
+    at 6."""
     run = tmp_path_factory.mktemp("reference")
-    ts.run_train(ts.overrides(corpus, run, "train.sample_every=6"))
+    ts.run_train(ts.overrides(corpus, run, "train.sample_every=6", "train.eval_batches=1"))
     return run
 
 
@@ -50,6 +51,8 @@ def test_reference_run_writes_checkpoints_sample_bundle_and_logs(reference):
         video = c.streams.video[0]
         assert (video.frames, video.width, video.height) == (4, 64, 32)
         assert len(c.streams.audio) == 1
+    evals = [json.loads(line) for line in (reference / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 2, 4, 6] and evals[-1]["loss"] < evals[0]["loss"]
     assert (reference / "bundle" / "config.yaml").is_file()
     assert list((reference / "tb").glob("events.out.tfevents.*"))
 

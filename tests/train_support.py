@@ -36,6 +36,7 @@ OVERRIDES = [
     "train.keep_checkpoints=3",
     "train.log_every=1",
     "train.sample_every=0",
+    "train.eval_batches=0",
     "train.warmup_steps=0",
     "parallel.data_shards=2",
     "parallel.fsdp_min_size=0",

@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 
 from emo_jax.errors import InputError
 
-BEST_METRIC = "loss"  # mean training loss since the previous checkpoint; lower is better
+BEST_METRIC = "loss"  # lower is better (an evaluation loss, or the recent training loss)
 
 
 class IteratorSnapshot:

@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from emo_jax.config import load_config
 
     overrides = list(args.overrides)
@@ -34,8 +36,12 @@ def run(args: argparse.Namespace) -> int:
 
     initialize(cfg.parallel)
     result = train(cfg, progress=not args.no_progress)
-    losses = result["losses"]
+    losses = [result["losses"][k] for k in sorted(result["losses"])]
     if losses:
-        first, last = losses[min(losses)], losses[max(losses)]
-        print(f"steps {result['start']} -> {result['end']}: loss {first:.4f} -> {last:.4f}")
+        n = max(1, len(losses) // 10)
+        first, last = np.mean(losses[:n]), np.mean(losses[-n:])
+        print(
+            f"steps {result['start']} -> {result['end']}: mean loss of the first {n} steps "
+            f"{first:.4f}, of the last {n} {last:.4f}"
+        )
     return 0

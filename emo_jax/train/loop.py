@@ -7,6 +7,8 @@ whose folder has a complete checkpoint resumes from it, data position included.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import zlib
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from emo_jax.parallel.mesh import make_mesh
 from emo_jax.train.data import BatchStream, global_batch
 from emo_jax.train.metrics import MetricsLog
 from emo_jax.train.sample import SampleVideos
-from emo_jax.train.setup import build
+from emo_jax.train.setup import Setup, build
 from emo_jax.train.stages import merge, split
 from emo_jax.train.step import init_state
 from emo_jax.train.weights import initial_params, load_vae
@@ -32,6 +34,43 @@ def _digest(batch: dict[str, np.ndarray]) -> int:
     return zlib.crc32(np.ascontiguousarray(batch["frames"]).tobytes())
 
 
+def _start(cfg: Config, setup: Setup, ckpts: Checkpoints, data: BatchStream, say) -> tuple:
+    """(step, state, frozen params): from the latest complete checkpoint (and the data
+    position saved with it), else this stage's initial weights."""
+    start = ckpts.latest_step()
+    if start is not None:
+        target = {"state": setup.abstract_state, "frozen": setup.abstract_frozen}
+        saved = ckpts.restore(start, target, data if start < cfg.train.steps else None)
+        say(f"resumed from {ckpts.directory}/{start}")
+        return start, saved["state"], saved["frozen"]
+    params, lines = initial_params(cfg, setup.model, setup.param_shardings)
+    for line in lines:
+        say(line)
+    trainable, frozen = split(params, cfg.train.trainable)
+    init = functools.partial(init_state, optimizer=setup.optimizer, cfg=cfg)
+    return 0, jax.jit(init, out_shardings=setup.shardings[0])(trainable), frozen
+
+
+class FixedEval:
+    """`train.eval_batches` batches drawn once (data seed + 1), scored with fixed keys and
+    without condition dropout: a loss that moves only with the weights."""
+
+    def __init__(self, cfg: Config, setup: Setup):
+        data = dataclasses.replace(cfg.data, seed=cfg.data.seed + 1)
+        stream = BatchStream(dataclasses.replace(cfg, data=data))
+        batch_sh = setup.shardings[3]
+        self.batches = [global_batch(next(stream), batch_sh) for _ in range(cfg.train.eval_batches)]
+        self.fn = setup.eval_loss
+
+    def __call__(self, state, frozen, vae_params) -> float:
+        params = state.ema or state.params
+        losses = [
+            self.fn(params, frozen, vae_params, b, jax.random.PRNGKey(i))
+            for i, b in enumerate(self.batches)
+        ]
+        return float(np.mean(jax.device_get(losses)))
+
+
 def train(cfg: Config, progress: bool = True) -> dict:
     """Runs (or resumes) the stage to `train.steps`; returns {"start", "end", "losses" (step ->
     loss of the steps run here), "state", "frozen"}."""
@@ -40,31 +79,20 @@ def train(cfg: Config, progress: bool = True) -> dict:
     lead = jax.process_index() == 0
     say = tqdm.write if lead else (lambda *_: None)
     setup = build(cfg, make_mesh(cfg.parallel))
-    state_sh, frozen_sh, vae_sh, batch_sh = setup.shardings
+    _, _, vae_sh, batch_sh = setup.shardings
     vae_params = jax.device_put(load_vae(cfg, setup.vae), vae_sh)
     data = BatchStream(cfg)
     ckpts = Checkpoints(out / "checkpoints", t.keep_checkpoints)
-    start = ckpts.latest_step()
-    if start is not None:
-        target = {"state": setup.abstract_state, "frozen": setup.abstract_frozen}
-        saved = ckpts.restore(start, target, data if start < t.steps else None)
-        state, frozen = saved["state"], saved["frozen"]
-        say(f"resumed from {ckpts.directory}/{start}")
-    else:
-        start = 0
-        params, lines = initial_params(cfg, setup.model, setup.param_shardings)
-        trainable, frozen = split(params, t.trainable)
-        state = jax.jit(lambda p: init_state(p, setup.optimizer, cfg), out_shardings=state_sh)(
-            trainable
-        )
-        for line in lines:
-            say(line)
+    start, state, frozen = _start(cfg, setup, ckpts, data, say)
     samples = None
     if t.sample_every:
         samples = SampleVideos(
             cfg, setup.model, setup.vae, setup.mesh, (setup.param_shardings, vae_sh)
         )
     log = MetricsLog(out, t.log_every, cfg.data.batch_size, say)
+    evaluate = FixedEval(cfg, setup) if t.eval_batches else None
+    if evaluate and start < t.steps:
+        log.eval(start, evaluate(state, frozen, vae_params))
     bar = tqdm(total=t.steps, initial=start, disable=not (progress and lead), unit="step")
     losses: dict[int, float] = {}
     since_save: list[float] = []
@@ -91,8 +119,12 @@ def train(cfg: Config, progress: bool = True) -> dict:
         if step % t.checkpoint_every == 0 or step == t.steps:
             finish(pending)
             pending = None
-            mean = float(np.mean(since_save)) if since_save else None
-            ckpts.save(step, {"state": state, "frozen": frozen}, data, mean)
+            if evaluate:
+                score = evaluate(state, frozen, vae_params)
+                log.eval(step, score)
+            else:
+                score = float(np.mean(since_save)) if since_save else None
+            ckpts.save(step, {"state": state, "frozen": frozen}, data, score)
             say(f"step {step}: saving checkpoint (async)")
             since_save = []
         if samples and step % t.sample_every == 0:

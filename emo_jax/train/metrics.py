@@ -1,5 +1,6 @@
 """Training metrics: every step to RUN/metrics.jsonl, every `log_every` steps the means to
-TensorBoard (RUN/tb) and stdout. Only process 0 writes."""
+TensorBoard (RUN/tb) and stdout; evaluation losses to RUN/eval.jsonl too. Only process 0
+writes."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class MetricsLog:
         self.log_every = max(1, log_every)
         self.examples_per_step = examples_per_step
         self.write = write
+        self.out_dir = out_dir
         self.window: list[dict] = []
         self.t0 = time.perf_counter()
         self.tb = self.jsonl = None
@@ -77,6 +79,15 @@ class MetricsLog:
             f"{scalars['train/examples_per_sec']:.2f} examples/s"
         )
         self.window, self.t0 = [], now
+
+    def eval(self, step: int, loss: float) -> None:
+        """The fixed-batch evaluation loss: RUN/eval.jsonl, TensorBoard, stdout."""
+        if not self.enabled:
+            return
+        with open(self.out_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "loss": loss}) + "\n")
+        self.tb.add_scalar("eval/loss", loss, step)
+        self.write(f"step {step}: eval loss {loss:.4f}")
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         if self.enabled:

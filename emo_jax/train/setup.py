@@ -24,7 +24,7 @@ from emo_jax.parallel.sharding import (
 from emo_jax.train.data import batch_abstract
 from emo_jax.train.optimizer import make_optimizer
 from emo_jax.train.stages import split, validate
-from emo_jax.train.step import init_state, make_train_step
+from emo_jax.train.step import init_state, make_eval_loss, make_train_step
 from emo_jax.train.weights import vae_module
 
 
@@ -49,6 +49,7 @@ class Setup:
     abstract_vae: Any
     abstract_batch: dict
     step: Any  # jitted (state, frozen, vae_params, batch) -> (state, metrics); donates state
+    eval_loss: Any  # jitted (trainable params, frozen, vae_params, batch, key) -> loss
 
     @property
     def shardings(self) -> tuple:
@@ -97,6 +98,7 @@ def build(cfg: Config, mesh: Mesh) -> Setup:
         abstract_vae=shard(vae_params),
         abstract_batch=_with_shardings(batch, batch_shardings(batch, mesh)),
         step=None,
+        eval_loss=None,
     )
     state_sh, frozen_sh, vae_sh, batch_sh = setup.shardings
     fn = make_train_step(cfg, model, vae, optimizer, NamedSharding(mesh, batch_spec(mesh)))
@@ -105,5 +107,11 @@ def build(cfg: Config, mesh: Mesh) -> Setup:
         in_shardings=(state_sh, frozen_sh, vae_sh, batch_sh),
         out_shardings=(state_sh, replicated(mesh)),
         donate_argnums=(0,),
+    )
+    rep = replicated(mesh)
+    setup.eval_loss = jax.jit(
+        make_eval_loss(cfg, model, vae),
+        in_shardings=(state_sh.params, frozen_sh, vae_sh, batch_sh, rep),
+        out_shardings=rep,
     )
     return setup

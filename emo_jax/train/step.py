@@ -3,6 +3,7 @@ AdamW on the trainable half only, NaN/Inf skip, optional EMA."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +112,14 @@ def make_loss_fn(cfg: Config, model: EMOModel, vae: AutoencoderKL) -> Callable:
         return loss(cfg.diffusion, out, latents, noise, t)
 
     return loss_fn
+
+
+def make_eval_loss(cfg: Config, model: EMOModel, vae: AutoencoderKL) -> Callable:
+    """`make_loss_fn` without condition dropout: the score of fixed batches with fixed keys."""
+    no_drop = dataclasses.replace(
+        cfg.train, drop_reference=0.0, drop_audio=0.0, drop_speed=0.0, drop_motion=0.0
+    )
+    return make_loss_fn(dataclasses.replace(cfg, train=no_drop), model, vae)
 
 
 def _micro_batches(batch: dict, k: int) -> dict:
