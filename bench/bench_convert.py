@@ -128,9 +128,10 @@ def main() -> None:
             ["convert", "--src", str(work / "emo_export"), "--dst", str(work / "emo_back")]
         )
         rows.append(("exported folder -> EMO bundle", size, secs, peak))
-        from emo_jax.checkpoint.bundle import load_bundle
+        import orbax.checkpoint as ocp
 
-        exact = digest(load_bundle(work / "emo_back")[1]) == before
+        with ocp.StandardCheckpointer() as ckptr:
+            exact = digest(ckptr.restore((work / "emo_back" / "params").absolute())) == before
     print(
         f"{'conversion':<34}{'weights GiB':>12}{'seconds':>10}{'peak RSS GiB':>14}{'RSS / weights':>15}"
     )
