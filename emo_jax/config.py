@@ -485,7 +485,7 @@ class TrainConfig:
     init_from: str | None = None  # previous stage: its bundle or run folder (latest checkpoint)
     sd15_unet: str | None = None  # diffusers SD1.5 UNet or pipeline folder -> both UNets
     motion_adapter: str | None = None  # diffusers AnimateDiff MotionAdapter -> temporal modules
-    vae_path: str | None = None  # diffusers AutoencoderKL folder; None: random VAE of model.vae
+    vae_path: str | None = None  # diffusers AutoencoderKL folder or a bundle; None: random VAE
     vae_seed: int = 0  # seed of the random VAE (the same in every stage)
     seed: int = 0  # params init, noise, timesteps, condition dropout
     steps: int = 30000  # optimizer steps of this stage

@@ -49,7 +49,7 @@ def test_reference_run_writes_checkpoints_sample_bundle_and_logs(reference):
     assert all(np.isfinite(r["loss"]) and r["lr"] == pytest.approx(1e-3) for r in rows.values())
     with av.open(str(reference / "samples" / "step_0000006.mp4")) as c:
         video = c.streams.video[0]
-        assert (video.frames, video.width, video.height) == (4, 64, 32)
+        assert (video.frames, video.width, video.height) == (4, 96, 32)
         assert len(c.streams.audio) == 1
     evals = [json.loads(line) for line in (reference / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 2, 4, 6] and evals[-1]["loss"] < evals[0]["loss"]

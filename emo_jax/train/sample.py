@@ -38,7 +38,8 @@ def validation_example(cfg: Config) -> tuple[dict[str, np.ndarray], np.ndarray |
 
 
 class SampleVideos:
-    """Writes `<dir>/step_<N>.mp4`: generated frames | ground truth, with the clip's audio."""
+    """Writes `<dir>/step_<N>.mp4`: generated | the VAE's reconstruction of the ground truth |
+    the ground truth, with the clip's audio. (With a random VAE only the first two compare.)"""
 
     def __init__(self, cfg: Config, model: EMOModel, vae: AutoencoderKL, mesh, shardings: tuple):
         self.cfg = cfg
@@ -48,7 +49,7 @@ class SampleVideos:
         passes = len(guidance.passes)
 
         def generate(params, vae_params, example, key):
-            _, ref_latent, motion_latents = batch_latents(vae, vae_params, example, None)
+            target, ref_latent, motion_latents = batch_latents(vae, vae_params, example, None)
             features = encode_reference(model, params, ref_latent, motion_latents)
             tile = lambda x: None if x is None else jnp.concatenate([x] * passes)  # noqa: E731
             feats = jax.tree_util.tree_map(tile, features)
@@ -56,25 +57,24 @@ class SampleVideos:
             mask = tile(example["mask"])
 
             def denoise(x, t, keep):
-                out = model.apply({"params": params}, x, t, feats, audio, mask, speed, keep)
-                return out
+                return model.apply({"params": params}, x, t, feats, audio, mask, speed, keep)
 
-            f, s = example["frames"].shape[1], example["frames"].shape[2]
-            h = s // (2 ** (len(vae.config.block_out_channels) - 1))
-            z = jax.random.normal(key, (1, f, h, h, model.config.unet.in_channels))
+            z = jax.random.normal(key, target.shape)  # (1, F, h, w, 4)
             latents = sample(guided(denoise, guidance), z, sampler)
+            both = jnp.concatenate([latents[0], target[0]])  # (2F, h, w, 4)
             x = vae.apply(
                 {"params": vae_params},
-                unscale_latents(latents[0], vae.config).astype(vae.dtype),
+                unscale_latents(both, vae.config).astype(vae.dtype),
                 method=AutoencoderKL.decode,
             )
-            return jnp.round((jnp.clip(x.astype(jnp.float32), -1, 1) + 1) * 127.5).astype(jnp.uint8)
+            x = jnp.round((jnp.clip(x.astype(jnp.float32), -1, 1) + 1) * 127.5).astype(jnp.uint8)
+            return jnp.concatenate(jnp.split(x, 2), axis=2)  # (F, S, 2S, 3)
 
         rep = replicated(mesh)
         self._generate = jax.jit(generate, in_shardings=(*shardings, rep, rep), out_shardings=rep)
 
     def write(self, path: Path, params: Any, vae_params: Any, seed: int = 0) -> np.ndarray:
-        """Generates and (on process 0) writes the video; returns its frames (F, S, 2S, 3)."""
+        """Generates and (on process 0) writes the video; returns its frames (F, S, 3S, 3)."""
         frames = np.asarray(
             self._generate(params, vae_params, self.example, jax.random.PRNGKey(seed))
         )

@@ -10,7 +10,7 @@ from typing import Any
 import jax
 
 from emo_jax.checkpoint import pretrained
-from emo_jax.checkpoint.bundle import is_bundle, load_bundle
+from emo_jax.checkpoint.bundle import is_bundle, load_bundle, load_bundle_config
 from emo_jax.checkpoint.emo_parts import init_from_pretrained
 from emo_jax.checkpoint.manager import Checkpoints
 from emo_jax.config import Config, ConfigError
@@ -51,23 +51,29 @@ def initial_params(cfg: Config, model: EMOModel, shardings: Any) -> tuple[Any, l
 
 
 def vae_module(cfg: Config) -> AutoencoderKL:
-    """The frozen VAE at the model's compute dtype: `train.vae_path`'s architecture, else
-    `model.vae`'s."""
-    dtype = compute_dtype(cfg.model)
+    """The frozen VAE at the model's compute dtype: the architecture of `train.vae_path` (a
+    diffusers AutoencoderKL folder or a model bundle), else `model.vae`'s."""
+    path = cfg.train.vae_path
     config = cfg.model.vae
-    if cfg.train.vae_path:
-        config = pretrained.read_config(Path(cfg.train.vae_path), VAE_FORMAT)
+    if path and is_bundle(path):
+        config = load_bundle_config(path).model.vae
+    elif path:
+        config = pretrained.read_config(Path(path), VAE_FORMAT)
     if config.latent_channels != cfg.model.unet.in_channels:
         raise ConfigError(
-            f"the VAE has {config.latent_channels} latent channels, the UNet takes "
-            f"{cfg.model.unet.in_channels}"
+            f"{path or 'model.vae'}: the VAE has {config.latent_channels} latent channels, the "
+            f"UNet takes {cfg.model.unet.in_channels}"
         )
-    return AutoencoderKL(config, dtype=dtype)
+    return AutoencoderKL(config, dtype=compute_dtype(cfg.model))
 
 
 def load_vae(cfg: Config, vae: AutoencoderKL) -> Any:
-    """The VAE's params: from `train.vae_path`, else random with `train.vae_seed`."""
-    if cfg.train.vae_path:
-        return AutoencoderKL.from_pretrained(cfg.train.vae_path, vae.dtype)[1]
+    """The VAE's params: from `train.vae_path`, else random with `train.vae_seed` (the same in
+    every stage)."""
+    path = cfg.train.vae_path
+    if path and is_bundle(path):
+        return load_bundle(path)[1]["vae"]
+    if path:
+        return AutoencoderKL.from_pretrained(path, vae.dtype)[1]
     key = jax.random.key(cfg.train.vae_seed, impl="unsafe_rbg")  # compiles faster than threefry
     return pretrained.init_params(vae, VAE_FORMAT, vae.config, key)
