@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "emo_jax.commands.preprocess",
     "emo_jax.commands.audio_features",
     "emo_jax.commands.evaluate",
+    "emo_jax.commands.recipe",
 )
 
 

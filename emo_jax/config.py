@@ -394,6 +394,14 @@ class ModelConfig:
     emo: EMOConfig = EMOConfig()
     dtype: str = "float32"  # compute dtype; params stay float32
 
+    def __post_init__(self):
+        locator, vae = len(self.emo.face_locator_channels), len(self.vae.block_out_channels)
+        if self.emo.use_face_locator and locator != vae:
+            raise ConfigError(
+                f"model.emo.face_locator_channels has {locator} entries ({locator - 1} stride-2 "
+                f"steps), model.vae.block_out_channels {vae}: they must downsample alike"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
@@ -479,7 +487,7 @@ class TrainConfig:
     emo_jax.models.inventory). Frozen ones get no gradient and no optimizer state.
     """
 
-    stage: int = 1  # 1 image pre-training, 2 video (temporal + audio), 3 speed (the paper)
+    stage: int = 1  # 0 autoencoder (model.vae), 1 image, 2 video (temporal + audio), 3 speed
     trainable: tuple[str, ...] = ("reference_net", "backbone_spatial", "face_locator")
     out_dir: str = "runs/stage1"  # checkpoints/, tb/, samples/, metrics.jsonl, bundle/
     init_from: str | None = None  # previous stage: its bundle or run folder (latest checkpoint)
@@ -508,6 +516,7 @@ class TrainConfig:
     sample_every: int = 0  # steps between sample videos (0: none)
     sample_steps: int = 20  # DDIM steps of a sample video
     eval_batches: int = 0  # fixed batches scored at start and per checkpoint (fixed noise)
+    kl_weight: float = 1e-6  # stage 0: weight of the KL term beside the L1 reconstruction
 
 
 @dataclasses.dataclass(frozen=True)

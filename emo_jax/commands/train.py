@@ -32,10 +32,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
 
     from emo_jax.parallel.mesh import initialize
+    from emo_jax.train.autoencoder import train_autoencoder
     from emo_jax.train.loop import train
 
     initialize(cfg.parallel)
-    result = train(cfg, progress=not args.no_progress)
+    run_stage = train_autoencoder if cfg.train.stage == 0 else train
+    result = run_stage(cfg, progress=not args.no_progress)
     losses = [result["losses"][k] for k in sorted(result["losses"])]
     if losses:
         n = max(1, len(losses) // 10)

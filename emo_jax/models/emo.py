@@ -213,13 +213,14 @@ def dummy_inputs(config: ModelConfig, frames: int | None = None, size: int | Non
     f = frames or emo.n_frames
     s = size or 2 ** (len(config.unet.block_out_channels) - 1)
     c = config.unet.in_channels
+    down = 2 ** (len(emo.face_locator_channels) - 1)  # mask pixels per latent
     window, layers, audio_dim = window_shape(audio)
     return (
         jnp.zeros((1, f, s, s, c)),
         jnp.zeros((1,), jnp.int32),
         jnp.zeros((1, s, s, c)),
         jnp.zeros((1, f, window, layers, audio_dim)),
-        jnp.ones((1, 8 * s, 8 * s)),
+        jnp.ones((1, down * s, down * s)),
         jnp.zeros((1, f)),
     )
 

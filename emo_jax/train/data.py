@@ -8,6 +8,7 @@ number of shards gives the same global batches on any number of processes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from typing import Any
@@ -96,6 +97,13 @@ def prepare(batch: dict[str, np.ndarray], audio: AudioWindows | None) -> dict[st
 def global_batch(local: dict[str, np.ndarray], shardings: dict[str, NamedSharding]) -> dict:
     """Process-local rows -> global jax.Arrays split along the batch axis."""
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
+
+
+def fixed_batches(cfg: Config, shardings: dict[str, NamedSharding]) -> list[dict]:
+    """`train.eval_batches` global batches drawn once with data seed + 1 (evaluation data)."""
+    data = dataclasses.replace(cfg.data, seed=cfg.data.seed + 1)
+    stream = BatchStream(dataclasses.replace(cfg, data=data))
+    return [global_batch(next(stream), shardings) for _ in range(cfg.train.eval_batches)]
 
 
 def batch_abstract(cfg: Config, rows: int) -> dict[str, jax.ShapeDtypeStruct]:

@@ -20,7 +20,7 @@ from emo_jax.checkpoint.bundle import save_bundle
 from emo_jax.checkpoint.manager import Checkpoints
 from emo_jax.config import Config
 from emo_jax.parallel.mesh import make_mesh
-from emo_jax.train.data import BatchStream, global_batch
+from emo_jax.train.data import BatchStream, fixed_batches, global_batch
 from emo_jax.train.metrics import MetricsLog
 from emo_jax.train.sample import SampleVideos
 from emo_jax.train.setup import Setup, build
@@ -56,10 +56,7 @@ class FixedEval:
     without condition dropout: a loss that moves only with the weights."""
 
     def __init__(self, cfg: Config, setup: Setup):
-        data = dataclasses.replace(cfg.data, seed=cfg.data.seed + 1)
-        stream = BatchStream(dataclasses.replace(cfg, data=data))
-        batch_sh = setup.shardings[3]
-        self.batches = [global_batch(next(stream), batch_sh) for _ in range(cfg.train.eval_batches)]
+        self.batches = fixed_batches(cfg, setup.shardings[3])
         self.fn = setup.eval_loss
 
     def __call__(self, state, frozen, vae_params) -> float:
@@ -139,7 +136,8 @@ def train(cfg: Config, progress: bool = True) -> dict:
     log.close()
     if jax.process_count() == 1:
         final = merge(state.ema or state.params, frozen)
-        save_bundle(out / "bundle", cfg, {"emo": final, "vae": vae_params}, overwrite=True)
+        saved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vae=setup.vae.config))
+        save_bundle(out / "bundle", saved, {"emo": final, "vae": vae_params}, overwrite=True)
         say(f"model bundle: {out / 'bundle'}")
     else:
         say("model bundle: run this command again as one process to write it from the checkpoint")

@@ -1,0 +1,212 @@
+"""Stage 0: a small autoencoder trained in place of the SD VAE (for models trained from scratch).
+
+`model.vae` is trained on the corpus's frames (data.mode image: targets and references) with an
+L1 reconstruction loss plus `train.kl_weight` x the KL term, with the stages' optimizer,
+checkpoints (resumable to the exact batch) and logging. At the end the latent scale is measured
+on fixed batches and the run writes RUN/vae, a diffusers AutoencoderKL folder whose
+`scaling_factor` makes the latents unit-variance; the next stages name it in `train.vae_path`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from emo_jax.checkpoint import pretrained
+from emo_jax.checkpoint.manager import Checkpoints
+from emo_jax.config import Config, ConfigError
+from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL, sample_latent
+from emo_jax.parallel.mesh import make_mesh
+from emo_jax.parallel.sharding import batch_shardings, replicated, tree_shardings
+from emo_jax.train.data import BatchStream, batch_abstract, fixed_batches, global_batch
+from emo_jax.train.metrics import MetricsLog
+from emo_jax.train.optimizer import learning_rate, make_optimizer
+
+
+@flax.struct.dataclass
+class AutoencoderState:
+    step: jax.Array  # () int32
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # (2,) uint32
+    skipped: jax.Array  # () int32
+
+
+def images_of(batch: dict) -> jax.Array:
+    """A stage-1 batch -> every image in it, (B*F + B, S, S, 3) in [-1, 1]."""
+    frames = batch["frames"]
+    frames = frames.reshape(-1, *frames.shape[2:])  # (B*F, S, S, 3)
+    x = jnp.concatenate([frames, batch["reference"]]).astype(jnp.float32)
+    return x / 127.5 - 1.0
+
+
+def make_loss_fn(vae: AutoencoderKL, kl_weight: float):
+    """loss(params, batch, key) -> (total, (l1, kl))."""
+
+    def loss_fn(params, batch, key):
+        x = images_of(batch)
+        mean, logvar = vae.apply({"params": params}, x, method=AutoencoderKL.encode)
+        z = sample_latent(mean, logvar, key)
+        y = vae.apply({"params": params}, z, method=AutoencoderKL.decode)
+        l1 = jnp.mean(jnp.abs(y.astype(jnp.float32) - x))
+        kl = 0.5 * jnp.mean(jnp.sum(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=-1))
+        return l1 + kl_weight * kl, (l1, kl)
+
+    return loss_fn
+
+
+def make_step(vae: AutoencoderKL, optimizer: optax.GradientTransformation, cfg: Config):
+    grad_fn = jax.value_and_grad(make_loss_fn(vae, cfg.train.kl_weight), has_aux=True)
+    schedule = learning_rate(cfg.train)
+
+    def step(state: AutoencoderState, batch: dict):
+        rng, key = jax.random.split(state.rng)
+        (value, (l1, kl)), grads = grad_fn(state.params, batch, key)
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+            lambda a, b: jnp.where(ok, a, b), new, old
+        )
+        new = AutoencoderState(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            rng=rng,
+            skipped=state.skipped + (~ok).astype(jnp.int32),
+        )
+        metrics = {
+            "loss": value,
+            "l1": l1,
+            "kl": kl,
+            "grad_norm": grad_norm,
+            "lr": schedule(state.step),
+            "ok": ok,
+        }
+        return new, metrics
+
+    return step
+
+
+def validate(cfg: Config) -> None:
+    if cfg.data.mode != "image":
+        raise ConfigError("train.stage 0 (autoencoder) reads images: set data.mode: image")
+    if cfg.train.vae_path:
+        raise ConfigError("train.stage 0 trains model.vae: train.vae_path must be empty")
+
+
+def train_autoencoder(cfg: Config, progress: bool = True) -> dict:
+    """Runs (or resumes) the autoencoder stage; writes RUN/vae at the end."""
+    validate(cfg)
+    t = cfg.train
+    out = Path(t.out_dir)
+    lead = jax.process_index() == 0
+    say = tqdm.write if lead else (lambda *_: None)
+    mesh = make_mesh(cfg.parallel)
+    vae = AutoencoderKL(cfg.model.vae)
+    optimizer = make_optimizer(t)
+    abstract_params = pretrained.abstract_params(vae, VAE_FORMAT, vae.config)
+    init = functools.partial(_init_state, vae=vae, optimizer=optimizer, seed=t.seed)
+    abstract_state = jax.eval_shape(init)
+    state_sh = tree_shardings(abstract_state, mesh, cfg.parallel.fsdp_min_size)
+    batch_sh = batch_shardings(batch_abstract(cfg, cfg.data.batch_size), mesh)
+    step_fn = jax.jit(
+        make_step(vae, optimizer, cfg),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    data = BatchStream(cfg)
+    ckpts = Checkpoints(out / "checkpoints", t.keep_checkpoints)
+    start = ckpts.latest_step()
+    if start is not None:
+        target = jax.tree_util.tree_map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract_state,
+            state_sh,
+        )
+        state = ckpts.restore(start, {"state": target}, data if start < t.steps else None)
+        state = state["state"]
+        say(f"resumed from {ckpts.directory}/{start}")
+    else:
+        start = 0
+        state = jax.jit(init, out_shardings=state_sh)()
+        say(f"fresh autoencoder (seed {t.seed}): {_count(abstract_params):,} params")
+    eval_batches = fixed_batches(cfg, batch_sh)
+    eval_fn = jax.jit(make_loss_fn(vae, t.kl_weight))
+
+    def evaluate(params) -> float:
+        values = [
+            eval_fn(params, b, jax.random.PRNGKey(i))[1][0] for i, b in enumerate(eval_batches)
+        ]
+        return float(np.mean(jax.device_get(values)))
+
+    log = MetricsLog(out, t.log_every, cfg.data.batch_size, say)
+    if eval_batches and start < t.steps:
+        log.eval(start, evaluate(state.params))
+    bar = tqdm(total=t.steps, initial=start, disable=not (progress and lead), unit="step")
+    step = start
+    losses: dict[int, float] = {}
+    while step < t.steps:
+        local = next(data)
+        state, metrics = step_fn(state, global_batch(local, batch_sh))
+        step += 1
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        losses[step] = metrics["loss"]
+        log.record(step, metrics, 0)
+        bar.update(1)
+        bar.set_postfix(l1=f"{metrics['l1']:.4f}")
+        if step % t.checkpoint_every == 0 or step == t.steps:
+            score = evaluate(state.params) if eval_batches else None
+            if score is not None:
+                log.eval(step, score)
+            ckpts.save(step, {"state": state}, data, score)
+    bar.close()
+    ckpts.wait()
+    ckpts.close()
+    log.close()
+    params = jax.device_get(state.params)
+    std = latent_std(vae, params, eval_batches or [global_batch(next(data), batch_sh)])
+    config = dataclasses.replace(vae.config, scaling_factor=round(1.0 / std, 5))
+    if lead:
+        AutoencoderKL.save_pretrained(params, config, out / "vae")
+        say(
+            f"autoencoder: {out / 'vae'} (latent std {std:.4f}, scaling_factor "
+            f"{config.scaling_factor})"
+        )
+    return {"start": start, "end": step, "losses": losses, "scaling_factor": config.scaling_factor}
+
+
+def latent_std(vae: AutoencoderKL, params: Any, batches: list[dict]) -> float:
+    """The standard deviation of the latent means over `batches` (what scaling_factor divides)."""
+    encode = jax.jit(
+        lambda p, b: vae.apply({"params": p}, images_of(b), method=AutoencoderKL.encode)[0]
+    )
+    z = np.concatenate([np.asarray(encode(params, b)).ravel() for b in batches])
+    return float(z.std())
+
+
+def _init_state(vae: AutoencoderKL, optimizer, seed: int) -> AutoencoderState:
+    key = jax.random.key(seed, impl="unsafe_rbg")
+    params = pretrained.init_params(vae, VAE_FORMAT, vae.config, key)
+    return AutoencoderState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        rng=jax.random.PRNGKey(seed),
+        skipped=jnp.zeros((), jnp.int32),
+    )
+
+
+def _count(tree: Any) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
