@@ -1,8 +1,10 @@
 """Generation benchmarks (print tables; no assertions).
 
-tiny   the tiny config (random weights) through EMOPipeline on this machine: compile time,
-       seconds per generated video-second and peak RSS for a short and a 4x longer audio
-       (memory must not grow with the video's length; frames go to an mp4, not to RAM)
+default  the built-in default model (96 px, emo_jax/assets/default_model) through EMOPipeline
+       on this machine: load time, compile time, seconds per generated video-second and peak
+       RSS for a short and a 4x longer audio (memory must not grow with the video's length;
+       frames go to an mp4, not to RAM)
+tiny   the same for the tiny config with random weights
 step   one denoising step of the full-size config (configs/model/emo_sd15.yaml): batch 1,
        f = 12 frames, every guidance pass batched (2 with the default CFG), the n = 4 motion
        frames' features; compile time and run time reported separately. Weights are zeros of
@@ -16,7 +18,7 @@ flops  FLOPs per generated frame of the full-size model at 512 px (64x64 latents
        The reference image's ReferenceNet and VAE passes happen once per video: left out.
        Divide by a device's seconds per frame to get its achieved FLOP/s (utilisation).
 
-  python bench/bench_generate.py                  # all three; step at 64x64 latents
+  python bench/bench_generate.py                  # all; step at 64x64 latents
   python bench/bench_generate.py step --latent 32 # a smaller step on a CPU
 """
 
@@ -63,16 +65,18 @@ class PeakRSS:
         self.peak = max(self.peak, rss())
 
 
-def bench_tiny(seconds: float, steps: int | None) -> None:
+def bench_pipeline(which: str, seconds: float, steps: int | None) -> None:
     import soundfile
 
     from emo_jax.pipeline import EMOPipeline, RandomWeightsWarning
+    from emo_jax.pipeline.loading import TINY_CONFIG
 
+    t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        pipe = EMOPipeline.from_pretrained(None)
+        pipe = EMOPipeline.from_pretrained(None, TINY_CONFIG if which == "tiny" else None)
     speech, rate = soundfile.read(ROOT / "emo_jax" / "assets" / "speech.wav", dtype="float32")
-    image = ROOT / "emo_jax" / "assets" / "portrait.png"
+    image = ROOT / "emo_jax" / "assets" / "face.png"
     opts = {} if steps is None else {"steps": steps}
     out = Path(tempfile.mkdtemp()) / "bench.mp4"
 
@@ -80,7 +84,6 @@ def bench_tiny(seconds: float, steps: int | None) -> None:
         n = int(length * rate)
         return np.resize(speech, n), rate
 
-    t0 = time.perf_counter()
     _ = pipe.model.params
     init = time.perf_counter() - t0
     first = pipe(image, audio(1.0), out=out, return_frames=False, **opts)  # compiles
@@ -89,11 +92,11 @@ def bench_tiny(seconds: float, steps: int | None) -> None:
     diffusion = job.config.diffusion
     passes = len(pipe.functions(job).guidance.passes)
     print(
-        f"tiny config, random weights, {job.reference.image.shape[0]} px, {diffusion.sampler} "
+        f"{pipe.model.source}, {job.reference.image.shape[0]} px, {diffusion.sampler} "
         f"{diffusion.num_inference_steps} steps, f = {job.clip_frames}, {passes} guidance "
         f"passes, on {jax.devices()[0]}"
     )
-    print(f"  random init of the params     {init:8.1f} s")
+    print(f"  load (or random init) params  {init:8.1f} s")
     print(f"  first video (1 s, compiles)   {first.seconds:8.1f} s")
     print()
     print(
@@ -220,18 +223,21 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "parts", nargs="*", default=["tiny", "step", "flops"], choices=["tiny", "step", "flops"]
+        "parts",
+        nargs="*",
+        default=["default", "tiny", "step", "flops"],
+        choices=["default", "tiny", "step", "flops"],
     )
     parser.add_argument(
-        "--seconds", type=float, default=4.0, help="tiny: the short audio (the long one is 4x)"
+        "--seconds", type=float, default=4.0, help="default, tiny: the short audio (long: 4x)"
     )
     parser.add_argument("--steps", type=int, help="denoising steps (default: the config's, 40)")
     parser.add_argument("--latent", type=int, default=64, help="step: latent side (64 = 512 px)")
     parser.add_argument("--repeats", type=int, default=1, help="step: timed runs")
     args = parser.parse_args()
     for part in args.parts:
-        if part == "tiny":
-            bench_tiny(args.seconds, args.steps)
+        if part in ("default", "tiny"):
+            bench_pipeline(part, args.seconds, args.steps)
         elif part == "step":
             bench_step(args.latent, args.repeats)
         else:

@@ -48,13 +48,18 @@ def _friendly(message: str, uploads: dict[str, str]) -> str:
 
 
 def _header(pipe: EMOPipeline) -> str:
-    note = (
-        "**Model: the built-in default, which for now has RANDOM weights: the video is noise**"
-        " (it shows that the pipeline runs, not what EMO does). Start the app with "
-        "`--checkpoint FOLDER` for a trained model."
-        if pipe.random_weights
-        else f"Model: `{pipe.model.source}`."
-    )
+    if pipe.random_weights:
+        note = (
+            "**Model: RANDOM weights: the video is noise** (it shows that the pipeline runs, "
+            "not what EMO does). Start the app with `--checkpoint FOLDER` for a trained model."
+        )
+    elif pipe.model.card:
+        note = (
+            f"Model: the built-in default, {pipe.model.card['name']} (trained on drawn faces: "
+            "on a photograph it runs, but quality needs real training data and weights)."
+        )
+    else:
+        note = f"Model: `{pipe.model.source}`."
     return (
         "# EMO: portrait + voice -> talking-head video\n"
         "Upload a portrait (a frontal face) and a speech or song (any format, any length), or "

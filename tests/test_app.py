@@ -33,6 +33,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from emo_jax.app import API_NAME, launch, make_generate  # noqa: E402
 from emo_jax.cli import build_parser  # noqa: E402
 from emo_jax.pipeline import EMOPipeline, RandomWeightsWarning  # noqa: E402
+from emo_jax.pipeline.loading import TINY_CONFIG  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "emo_jax" / "assets"
 PORTRAIT = ASSETS / "portrait.png"
@@ -111,7 +112,7 @@ def network():
 def pipe():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        pipe = EMOPipeline.from_pretrained(None)
+        pipe = EMOPipeline.from_pretrained(None, TINY_CONFIG)
     pipe.generate = Concurrency(pipe.generate)
     return pipe
 

@@ -14,6 +14,7 @@ from emo_jax.cli import main
 from emo_jax.data import synth
 from emo_jax.eval import evaluate
 from emo_jax.pipeline import EMOPipeline, RandomWeightsWarning
+from emo_jax.pipeline.loading import TINY_CONFIG, resolve_checkpoint
 
 
 class Oracle(EMOPipeline):
@@ -44,7 +45,7 @@ def results(corpus):
     paths = evaluate.find_clips(corpus)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        base = EMOPipeline.from_pretrained(None)
+        base = EMOPipeline.from_pretrained(None, TINY_CONFIG)
     oracle = Oracle(base.model, [evaluate.load_clip(p).frames for p in paths])
     return evaluate.evaluate(oracle, paths, options={"resolution": 96})
 
@@ -111,7 +112,7 @@ def test_command_with_random_weights(tmp_path, corpus, capsys):
     assert code == 0
     results = json.loads(out.read_text())
     assert results["clips"] == 1 and results["resolution"] == 64
-    assert results["checkpoint"].startswith("random weights")
+    assert results["checkpoint"] == resolve_checkpoint(None).source  # the built-in default
     assert math.isfinite(results["metrics"]["generated"]["identity_ssim"])
     assert results["metrics"]["ground_truth"]["lip_sync"] > 0.9
     assert "lip sync (Pearson)" in capsys.readouterr().out

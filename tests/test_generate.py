@@ -13,6 +13,7 @@ from PIL import Image
 
 from emo_jax.cli import main
 from emo_jax.pipeline import EMOPipeline, RandomWeightsWarning
+from emo_jax.pipeline.loading import TINY_CONFIG
 
 ASSETS = Path(__file__).resolve().parents[1] / "emo_jax" / "assets"
 OPTIONS = dict(resolution=64, steps=2)  # 8x8 latents; clips of f = 8 with n = 4 motion frames
@@ -23,7 +24,7 @@ CLI_OPTIONS = ["--resolution", "64", "--steps", "2"]
 def pipe():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        return EMOPipeline.from_pretrained(None)
+        return EMOPipeline.from_pretrained(None, TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,7 @@ def cli_run(tmp_path_factory, speech_2s):
     code = main(
         ["generate", "--image", str(ASSETS / "portrait.png"), "--audio", str(speech_2s)]
         + ["--out", str(out / "video.mp4"), "--frames-dir", str(out / "frames"), "--seed", "3"]
+        + ["--config", str(TINY_CONFIG)]
         + CLI_OPTIONS
     )
     return code, out

@@ -10,6 +10,7 @@ from PIL import Image
 from emo_jax.checkpoint.bundle import save_bundle
 from emo_jax.cli import main
 from emo_jax.pipeline import EMOPipeline, RandomWeightsWarning
+from emo_jax.pipeline.loading import TINY_CONFIG
 
 ASSETS = Path(__file__).resolve().parents[1] / "emo_jax" / "assets"
 IMAGE, AUDIO = str(ASSETS / "portrait.png"), str(ASSETS / "speech.wav")
@@ -69,7 +70,7 @@ def test_mask_lets_a_faceless_portrait_through(tmp_path, noise_image):
     Image.fromarray(mask).save(tmp_path / "mask.png")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        pipe = EMOPipeline.from_pretrained(None)
+        pipe = EMOPipeline.from_pretrained(None, TINY_CONFIG)
     job = pipe.prepare(noise_image, AUDIO, mask=tmp_path / "mask.png", resolution=64)
     assert job.reference.face_box is None and job.reference.crop == (32, 0, 96)
     expected = np.zeros((64, 64), np.float32)
@@ -99,7 +100,7 @@ def test_bad_options(capsys, tmp_path):
 def test_checkpoint_that_does_not_fit(capsys, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        pipe = EMOPipeline.from_pretrained(None)
+        pipe = EMOPipeline.from_pretrained(None, TINY_CONFIG)
     params = pipe.model.params
     emo = dict(params["emo"])
     emo.pop("speed_encoder")
@@ -122,7 +123,7 @@ def test_checkpoint_not_a_bundle(capsys, tmp_path):
 def test_failure_mid_video_leaves_nothing(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        pipe = EMOPipeline.from_pretrained(None)
+        pipe = EMOPipeline.from_pretrained(None, TINY_CONFIG)
     calls = []
     decode = EMOPipeline._decode
 

@@ -10,13 +10,13 @@ import warnings
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "app",
-        help="web page: upload a portrait and audio, get the video (no --checkpoint: noise)",
+        help="web page: upload a portrait and audio, get the video",
         description="Serves a Gradio page where a portrait and an audio file become a "
         "talking-head video. One model per process; requests run one at a time. No outside "
-        "network calls. Without --checkpoint the built-in default model is used: for now the "
-        "tiny config with RANDOM weights (the video is noise).",
+        "network calls. Without --checkpoint the built-in default model is used (a small EMO "
+        "trained on drawn speaking faces: `emo-jax info --model`).",
     )
-    p.add_argument("--checkpoint", help="model bundle or exported model folder (default: random)")
+    p.add_argument("--checkpoint", help="model bundle or exported model folder (default: built-in)")
     p.add_argument("--config", help="YAML config replacing the checkpoint's (must fit its params)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. diffusion.eta=0.5")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: localhost)")

@@ -8,30 +8,32 @@ import warnings
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-EXAMPLE_IMAGE = ASSETS / "portrait.png"
+EXAMPLE_IMAGE = ASSETS / "face.png"
 EXAMPLE_AUDIO = ASSETS / "speech.wav"
 
 DESCRIPTION = """\
 Generates a talking-head video of the portrait speaking the audio, clip after clip, and writes
 an H.264 mp4 with the audio muxed in.
 
-NOTE: without --checkpoint the built-in default model is used, and until a trained default
-exists that is the tiny config with RANDOM WEIGHTS: the output is noise (it shows that the
-pipeline runs, not what EMO does). Pass a trained model folder with --checkpoint for faces.
+Without --checkpoint the built-in default model is used: a small EMO (96 px) trained on this
+CPU-sized recipe's drawn speaking faces (configs/default/recipe.yaml; `emo-jax info --model`
+says what it is). On drawn faces its mouth follows the speech; on a real photograph it runs,
+but quality there needs real training data and weights (--checkpoint). With --config and no
+--checkpoint, that config runs with random weights (noise: a check of the pipeline only).
 
-Without --image / --audio the shipped examples are used (emo_jax/assets: the scikit-image
-astronaut portrait and an English sentence spoken by espeak-ng).
+Without --image / --audio the shipped examples are used (emo_jax/assets: a drawn held-out
+face, face.png, and an English sentence spoken by espeak-ng; portrait.png is a photograph).
 
-The portrait may have any size: a square around the detected face (2x its size) is resized
-to the model resolution; if no face is found, pass --mask. Audio: any format FFmpeg reads,
-any sample rate and channel count.
+The portrait may have any size: a square around the detected face (data.crop_scale x its
+size) is resized to the model resolution; if no face is found, pass --mask. Audio: any format
+FFmpeg reads, any sample rate and channel count.
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
-        help="portrait + audio -> talking-head mp4 (no --checkpoint: random weights, noise)",
+        help="portrait + audio -> talking-head mp4 (default: the built-in model)",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,9 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoint",
         help="model bundle (config.yaml + params/) or exported model folder (emo_index.json); "
-        "default: the tiny config with RANDOM weights, seed 0 (output is noise)",
+        "default: the built-in default model (emo_jax/assets/default_model)",
     )
-    p.add_argument("--config", help="YAML config replacing the checkpoint's (must fit its params)")
+    p.add_argument(
+        "--config",
+        help="YAML config replacing the checkpoint's (must fit its params); without "
+        "--checkpoint: this config with random weights",
+    )
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. diffusion.eta=0.5")
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, help="denoising steps (config; paper: 40)")

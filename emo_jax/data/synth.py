@@ -483,6 +483,11 @@ class _Painter:
         return img, np.clip(box, 0, s)
 
 
+def draw_still(identity: Identity, size: int) -> np.ndarray:
+    """The identity facing the camera, eyes open, mouth closed: one (S, S, 3) uint8 frame."""
+    return _Painter(identity, size).draw(np.zeros(3), np.zeros(2), 0.0, 0.0)[0]
+
+
 def _blinks(rng: np.random.Generator, n_frames: int) -> np.ndarray:
     blink = np.zeros(n_frames)
     f = int(rng.integers(10, 80))

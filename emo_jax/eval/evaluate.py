@@ -149,6 +149,29 @@ def read_video(frames: np.ndarray, fallback_box: np.ndarray) -> Reading:
     return Reading(mouth_opening(frames, from_haar(boxes)), metrics.head_speeds(frames, boxes))
 
 
+def generate_clip(pipe: Any, clip: TruthClip, options: dict) -> tuple:
+    """(job, generated frames, truth frames and boxes cut as the pipeline cut the reference,
+    seconds generating) of a clip generated from its first frame, audio and head speed; both
+    videos have n = min(generated, truth) frames."""
+    from emo_jax.pipeline.inputs import FACE_EXPAND, box_mask
+
+    size = clip.frames.shape[1]
+    mask = (box_mask(to_haar(clip.boxes[0]), size, FACE_EXPAND) * 255).astype(np.uint8)
+    job = pipe.prepare(
+        clip.frames[0],
+        (clip.wave, clip.sample_rate),
+        speed=speed_curve(clip.speed, clip.fps),
+        mask=mask,
+        **options,
+    )
+    t0 = time.perf_counter()
+    generated = pipe.generate(job).frames
+    seconds = time.perf_counter() - t0
+    n = min(len(generated), len(clip.opening))
+    truth, boxes = cut(clip.frames[:n], clip.boxes[:n], job.reference.crop, generated.shape[1])
+    return job, generated[:n], truth, boxes, seconds
+
+
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else math.nan
@@ -163,8 +186,6 @@ def evaluate(
 ) -> dict:
     """Generates and measures every clip of `paths` (see the module doc); returns the results
     (JSON-able: NaN and infinity become None)."""
-    from emo_jax.pipeline.inputs import FACE_EXPAND, box_mask
-
     options = dict(options or {})
     start = time.perf_counter()
     generation = 0.0
@@ -177,23 +198,10 @@ def evaluate(
         clip = load_clip(path, seconds)
         if on_clip is not None:
             on_clip(i, len(paths), clip.name)
-        size = clip.frames.shape[1]
-        first_box = to_haar(clip.boxes[0])
-        mask = (box_mask(first_box, size, FACE_EXPAND) * 255).astype(np.uint8)
-        job = pipe.prepare(
-            clip.frames[0],
-            (clip.wave, clip.sample_rate),
-            speed=speed_curve(clip.speed, clip.fps),
-            mask=mask,
-            **options,
-        )
-        t0 = time.perf_counter()
-        generated = pipe.generate(job).frames
-        seconds_generating = time.perf_counter() - t0
+        job, generated, truth, boxes, seconds_generating = generate_clip(pipe, clip, options)
         generation += seconds_generating
-        n = min(len(generated), len(clip.opening))
+        n = len(generated)
         resolution, clip_frames = generated.shape[1], job.clip_frames
-        truth, boxes = cut(clip.frames[:n], clip.boxes[:n], job.reference.crop, resolution)
         fallback = to_haar(boxes[0])
         videos = {
             "generated": generated[:n],

@@ -7,14 +7,17 @@ a training-run folder whose latest Orbax step holds {"emo", "vae"}):
 - an exported model folder (`emo_jax.checkpoint.export`: emo_index.json + one diffusers /
   transformers folder per component).
 
-With no path the built-in default is used. Until a trained default model exists it is the tiny
-config (configs/model/tiny.yaml) with RANDOM weights from a fixed seed: the output is noise.
+With no path the built-in default model is used: the bundle in emo_jax/assets/default_model
+(trained by configs/default/recipe.yaml; its card.json says on what). A config given without
+a path means random weights of that config (announced by a RandomWeightsWarning), and so does
+a package whose default model is missing (the tiny config, configs/model/tiny.yaml).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +30,8 @@ from emo_jax.checkpoint.bundle import is_bundle, load_bundle
 from emo_jax.config import Config, load_config
 from emo_jax.errors import InputError
 
-DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "model" / "tiny.yaml"  # emo_jax/configs -> ../configs
+DEFAULT_MODEL = Path(__file__).parents[1] / "assets" / "default_model"  # a bundle + card.json
+TINY_CONFIG = Path(__file__).parents[1] / "configs" / "model" / "tiny.yaml"  # tests, fallback
 DEFAULT_SEED = 0
 RANDOM_WEIGHTS_NOTE = "random weights: output is noise"
 
@@ -44,6 +48,7 @@ class LoadedModel:
     source: str  # what was loaded, for messages
     params_: dict | None = None
     random_seed: int | None = None  # set: random weights from this seed
+    card: dict | None = None  # the built-in model's card.json (name, trained on, evaluation)
 
     @property
     def params(self) -> dict:
@@ -122,26 +127,43 @@ RESOLVERS: list[Callable[[Path, Config | None], LoadedModel | None]] = [_bundle,
 
 
 def default_config(overrides: list[str] | None = None) -> Config:
-    """The built-in default model's config (tiny, until a trained default exists)."""
-    if not DEFAULT_CONFIG.is_file():
-        raise InputError(f"{DEFAULT_CONFIG}: default config not found (pass --config)")
-    return load_config(DEFAULT_CONFIG, overrides)
+    """The config of the model `generate` uses without --checkpoint."""
+    path = DEFAULT_MODEL / "config.yaml" if is_bundle(DEFAULT_MODEL) else TINY_CONFIG
+    if not path.is_file():
+        raise InputError(f"{path}: default config not found (pass --config)")
+    return load_config(path, overrides)
+
+
+def default_model() -> LoadedModel:
+    """The built-in default model (its card included), or the tiny random fallback."""
+    if not is_bundle(DEFAULT_MODEL):
+        return random_model(load_config(TINY_CONFIG), DEFAULT_SEED)
+    card_path = DEFAULT_MODEL / "card.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    loaded = _bundle(DEFAULT_MODEL, None)
+    return dataclasses.replace(
+        loaded, source=f"built-in default model ({DEFAULT_MODEL})", card=card
+    )
+
+
+def random_model(config: Config, seed: int) -> LoadedModel:
+    """`config` with random weights from `seed`, announced by a RandomWeightsWarning."""
+    warnings.warn(
+        f"no checkpoint for this config: {RANDOM_WEIGHTS_NOTE} (seed {seed}); "
+        "pass a trained model bundle to get faces",
+        RandomWeightsWarning,
+        stacklevel=3,
+    )
+    return LoadedModel(config, f"random weights (seed {seed})", random_seed=seed)
 
 
 def resolve_checkpoint(
     path: str | Path | None, config: Config | None = None, seed: int = DEFAULT_SEED
 ) -> LoadedModel:
-    """The model at `path` (see the module doc), or with None the default: `config` (or the
-    tiny config) with random weights from `seed`, announced by a RandomWeightsWarning."""
+    """The model at `path` (see the module doc); with None the built-in default model, or with
+    a `config` that config with random weights from `seed`."""
     if path is None:
-        config = config or default_config()
-        warnings.warn(
-            f"no checkpoint given: {RANDOM_WEIGHTS_NOTE} (seed {seed}); "
-            "pass a trained model bundle to get faces",
-            RandomWeightsWarning,
-            stacklevel=2,
-        )
-        return LoadedModel(config, f"random weights (seed {seed})", random_seed=seed)
+        return default_model() if config is None else random_model(config, seed)
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: checkpoint not found")

@@ -128,9 +128,8 @@ class EMOPipeline:
         config: Config | str | Path | None = None,
         overrides: list[str] | None = None,
     ) -> EMOPipeline:
-        """A model bundle or exported model folder, or None for the built-in default (see
-        `resolve_checkpoint`: until a trained default exists, the tiny config with random
-        weights: noise).
+        """A model bundle or exported model folder, or None for the built-in default model (see
+        `resolve_checkpoint`; with None and a `config`: that config with random weights).
         `config` (a Config or YAML path) replaces the checkpoint's; `overrides` are dotted
         settings such as "diffusion.sampler=dpmpp_2m"."""
         if isinstance(config, (str, Path)):

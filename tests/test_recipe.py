@@ -1,0 +1,147 @@
+"""The default model's recipe pieces: the autoencoder stage (stage 0) and `emo-jax recipe`."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import train_support as ts
+from jax.sharding import NamedSharding, PartitionSpec
+
+from emo_jax.checkpoint.manager import Checkpoints
+from emo_jax.cli import main
+from emo_jax.config import load_config
+from emo_jax.models.vae import AutoencoderKL
+from emo_jax.train.autoencoder import images_of, latent_std, train_autoencoder
+from emo_jax.train.data import fixed_batches
+
+AE_OVERRIDES = [
+    "model.vae.block_out_channels=[8,8,8,8]",
+    "model.vae.mid_block_add_attention=false",
+    "data.resolution=32",
+    "data.batch_size=4",
+    "train.learning_rate=2.0e-3",
+    "train.warmup_steps=0",
+    "train.checkpoint_every=20",
+    "train.log_every=20",
+    "train.eval_batches=2",
+]
+
+
+def ae_config(corpus, out, steps):
+    return load_config(
+        "configs/default/autoencoder.yaml",
+        AE_OVERRIDES + [f"data.shards={corpus}", f"train.out_dir={out}", f"train.steps={steps}"],
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return ts.make_corpus(tmp_path_factory.mktemp("recipe_corpus"))
+
+
+@pytest.fixture(scope="module")
+def ae_runs(tmp_path_factory, corpus):
+    """Three autoencoder runs: 40 steps straight, and 20 steps then resumed to 40."""
+    root = tmp_path_factory.mktemp("ae")
+    straight = train_autoencoder(ae_config(corpus, root / "straight", 40), progress=False)
+    first = train_autoencoder(ae_config(corpus, root / "resumed", 20), progress=False)
+    resumed = train_autoencoder(ae_config(corpus, root / "resumed", 40), progress=False)
+    return root, straight, first, resumed
+
+
+def test_autoencoder_learns_and_writes_a_scaled_vae(ae_runs, corpus):
+    root, straight, _, _ = ae_runs
+    evals = [json.loads(line)["loss"] for line in (root / "straight" / "eval.jsonl").open()]
+    assert len(evals) == 3 and evals[-1] < 0.6 * evals[0]  # L1 at steps 0, 20, 40
+    vae, params = AutoencoderKL.from_pretrained(root / "straight" / "vae")
+    assert vae.config.block_out_channels == (8, 8, 8, 8)
+    cfg = ae_config(corpus, root / "straight", 40)
+    sharding = NamedSharding(jax.make_mesh((1,), ("data",)), PartitionSpec())
+    evaluation = fixed_batches(cfg, {k: sharding for k in ("frames", "reference", "mask")})
+    std = latent_std(vae, params, evaluation)
+    assert vae.config.scaling_factor == pytest.approx(1.0 / std, rel=1e-4)
+    assert straight["scaling_factor"] == vae.config.scaling_factor
+    x = images_of(evaluation[0])
+    assert x.shape == (4 * 1 + 4, 32, 32, 3)  # targets then references
+
+
+def test_autoencoder_resumes_to_the_same_weights(ae_runs):
+    root, straight, first, resumed = ae_runs
+    assert (first["start"], first["end"], resumed["start"], resumed["end"]) == (0, 20, 20, 40)
+    a = Checkpoints(root / "straight" / "checkpoints").restore_numpy(40)["state"]["params"]
+    b = Checkpoints(root / "resumed" / "checkpoints").restore_numpy(40)["state"]["params"]
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    losses = {k: v for k, v in straight["losses"].items() if k > 20}
+    assert losses == resumed["losses"]
+
+
+def test_autoencoder_stage_refuses_video_data(tmp_path, capsys):
+    code = main(
+        ["train", "--config", "configs/default/autoencoder.yaml", "data.mode=video"]
+        + [f"train.out_dir={tmp_path / 'run'}"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "data.mode: image" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def write_recipe(path, state, steps: dict[str, str]):
+    lines = [f"state: {state}", "steps:"] + [f"  {k}: {v}" for k, v in steps.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_recipe_runs_skips_done_steps_and_reruns_changed_ones(tmp_path, capsys):
+    recipe, state = tmp_path / "recipe.yaml", tmp_path / "state.json"
+    synth = f"synth --out {tmp_path / 'videos'} --identities 1 --seconds 1 --size 64 --no-progress"
+    steps = {"corpus": synth, "info": "info --config configs/model/tiny.yaml --quiet-config"}
+    write_recipe(recipe, state, steps)
+    assert main(["recipe", str(recipe)]) == 0
+    done = json.loads(state.read_text())
+    assert list(done) == ["corpus", "info"] and all(v["seconds"] > 0 for v in done.values())
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 1
+    capsys.readouterr()
+    assert main(["recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(done in") == 2 and "component" not in out  # nothing ran again
+    steps["info"] = "info --config configs/model/tiny.yaml --quiet-config model.unet.sample_size=8"
+    write_recipe(recipe, state, steps)
+    assert main(["recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(done in") == 1 and "component" in out  # only the changed step ran
+
+
+def test_recipe_stops_at_a_failing_step(tmp_path, capsys):
+    recipe, state = tmp_path / "recipe.yaml", tmp_path / "state.json"
+    bad = f"synth --out {tmp_path / 'v'} --audio piano --no-progress"
+    write_recipe(recipe, state, {"bad": bad, "never": "info --quiet-config"})
+    assert main(["recipe", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "piano" in err and "step bad failed (exit 2)" in err
+    assert not state.exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("steps: {a: info}\n", "needs 'state"), ("state: s.json\nsteps: {a: 3}\n", "not command")],
+)
+def test_recipe_file_errors(tmp_path, capsys, text, message):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    assert main(["recipe", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and str(recipe) in err[0]
+
+
+def test_default_recipe_lists_every_stage():
+    from emo_jax.commands.recipe import load_recipe
+
+    state, steps = load_recipe("configs/default/recipe.yaml")
+    configs = [argv[argv.index("--config") + 1] for argv in steps.values() if argv[0] == "train"]
+    stages = [load_config(c).train for c in configs]
+    assert [t.stage for t in stages] == [0, 1, 2, 3]
+    vae = stages[0].out_dir + "/vae"
+    assert all(t.vae_path == vae for t in stages[1:])
+    assert [t.init_from for t in stages[2:]] == [stages[1].out_dir, stages[2].out_dir]
+    assert load_config(configs[1]).data.resolution >= 96
