@@ -29,7 +29,7 @@ from emo_jax.parallel.mesh import make_mesh
 from emo_jax.parallel.sharding import batch_shardings, replicated, tree_shardings
 from emo_jax.train.data import BatchStream, batch_abstract, fixed_batches, global_batch
 from emo_jax.train.metrics import MetricsLog
-from emo_jax.train.optimizer import learning_rate, make_optimizer
+from emo_jax.train.optimizer import guarded_update, learning_rate, make_optimizer
 
 
 @flax.struct.dataclass
@@ -71,17 +71,13 @@ def make_step(vae: AutoencoderKL, optimizer: optax.GradientTransformation, cfg: 
     def step(state: AutoencoderState, batch: dict):
         rng, key = jax.random.split(state.rng)
         (value, (l1, kl)), grads = grad_fn(state.params, batch, key)
-        grad_norm = optax.global_norm(grads)
-        ok = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
-            lambda a, b: jnp.where(ok, a, b), new, old
+        params, opt_state, grad_norm, ok = guarded_update(
+            optimizer, grads, state.opt_state, state.params, value
         )
         new = AutoencoderState(
             step=state.step + 1,
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
+            params=params,
+            opt_state=opt_state,
             rng=rng,
             skipped=state.skipped + (~ok).astype(jnp.int32),
         )

@@ -1,7 +1,12 @@
-"""AdamW with linear warm-up to a constant learning rate and global-norm clipping."""
+"""AdamW with linear warm-up to a constant learning rate and global-norm clipping, and the
+update that is skipped when the loss or the gradient is not finite."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 import optax
 
 from emo_jax.config import TrainConfig
@@ -32,3 +37,20 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
             weight_decay=cfg.weight_decay,
         ),
     )
+
+
+def keep_if(ok: jax.Array, new: Any, old: Any) -> Any:
+    """`new` where `ok` (a traced bool), else `old`, leaf by leaf."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+def guarded_update(
+    optimizer: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any, loss: Any
+) -> tuple[Any, Any, jax.Array, jax.Array]:
+    """(params, opt_state, grad_norm, ok) after one optimizer step; the old params and state
+    when the loss or the gradient is not finite (ok False: the step is skipped, not applied)."""
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    return keep_if(ok, new_params, params), keep_if(ok, new_state, opt_state), grad_norm, ok

@@ -17,7 +17,7 @@ from emo_jax.config import Config
 from emo_jax.diffusion import add_noise, loss, sample_timesteps
 from emo_jax.models.emo import EMOModel, encode_reference
 from emo_jax.models.vae import AutoencoderKL, sample_latent, scale_latents
-from emo_jax.train.optimizer import learning_rate
+from emo_jax.train.optimizer import guarded_update, keep_if, learning_rate
 from emo_jax.train.stages import merge
 
 
@@ -163,21 +163,17 @@ def make_train_step(
     def step(state: TrainState, frozen, vae_params, batch):
         rng, key = jax.random.split(state.rng)
         value, grads = grads_of(state.params, frozen, vae_params, batch, key)
-        grad_norm = optax.global_norm(grads)
-        ok = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params, opt_state, grad_norm, ok = guarded_update(
+            optimizer, grads, state.opt_state, state.params, value
+        )
         ema = state.ema
         if decay is not None:
             ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
-        keep_old = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
-            lambda a, b: jnp.where(ok, a, b), new, old
-        )
         new_state = TrainState(
             step=state.step + 1,
-            params=keep_old(params, state.params),
-            opt_state=keep_old(opt_state, state.opt_state),
-            ema=keep_old(ema, state.ema),
+            params=params,
+            opt_state=opt_state,
+            ema=keep_if(ok, ema, state.ema),
             rng=rng,
             skipped=state.skipped + (~ok).astype(jnp.int32),
         )
