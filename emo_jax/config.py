@@ -492,6 +492,7 @@ class TrainConfig:
     out_dir: str = "runs/stage1"  # checkpoints/, tb/, samples/, metrics.jsonl, bundle/
     init_from: str | None = None  # previous stage: its bundle or run folder (latest checkpoint)
     sd15_unet: str | None = None  # diffusers SD1.5 UNet or pipeline folder -> both UNets
+    reference_from_backbone: bool = False  # fresh ReferenceNet = a copy of the fresh backbone
     motion_adapter: str | None = None  # diffusers AnimateDiff MotionAdapter -> temporal modules
     vae_path: str | None = None  # diffusers AutoencoderKL folder or a bundle; None: random VAE
     vae_seed: int = 0  # seed of the random VAE (the same in every stage)

@@ -145,3 +145,21 @@ def test_default_recipe_lists_every_stage():
     assert all(t.vae_path == vae for t in stages[1:])
     assert [t.init_from for t in stages[2:]] == [stages[1].out_dir, stages[2].out_dir]
     assert load_config(configs[1]).data.resolution >= 96
+
+
+def test_reference_from_backbone_copies_every_shared_param():
+    from flax.traverse_util import flatten_dict
+
+    from emo_jax.models.emo import EMOModel, init_params
+    from emo_jax.train.weights import reference_from_backbone
+
+    cfg = load_config("configs/model/tiny.yaml")
+    fresh = init_params(EMOModel(cfg.model), 0)
+    tied = reference_from_backbone(fresh)
+    ref, backbone = flatten_dict(tied["reference_unet"]), flatten_dict(tied["denoising_unet"])
+    before = flatten_dict(fresh["reference_unet"])
+    assert ref.keys() == before.keys() and len(ref) > 100
+    assert all(np.array_equal(ref[k], backbone[k]) for k in ref)
+    assert not all(np.array_equal(before[k], backbone[k]) for k in ref)  # fresh: independent
+    assert tied["denoising_unet"] is fresh["denoising_unet"]
+    assert load_config("configs/default/stage1.yaml").train.reference_from_backbone

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from emo_jax.checkpoint import pretrained
 from emo_jax.checkpoint.bundle import is_bundle, load_bundle, load_bundle_config
@@ -41,6 +42,9 @@ def initial_params(cfg: Config, model: EMOModel, shardings: Any) -> tuple[Any, l
     t = cfg.train
     params = jax.jit(functools.partial(init_params, model, t.seed), out_shardings=shardings)()
     lines = [f"fresh init (seed {t.seed})"]
+    if t.reference_from_backbone:
+        params = reference_from_backbone(params)
+        lines.append("ReferenceNet: a copy of the backbone's init (as SD1.5 initialises both)")
     if t.sd15_unet or t.motion_adapter:
         params, reports = init_from_pretrained(params, t.sd15_unet, t.motion_adapter)
         lines += [r.summary() for r in reports]
@@ -48,6 +52,15 @@ def initial_params(cfg: Config, model: EMOModel, shardings: Any) -> tuple[Any, l
         params, report = load_matching(params, previous_stage_params(t.init_from), t.init_from)
         lines.append(report.summary())
     return jax.device_put(params, shardings), lines
+
+
+def reference_from_backbone(params: dict) -> dict:
+    """EMO params whose ReferenceNet is the backbone UNet's (every path both have): two UNets
+    that start alike, as when SD1.5 initialises both, share a feature space from step 0, so
+    reference-attention can copy the reference early in training from scratch."""
+    ref = flatten_dict(params["reference_unet"])
+    backbone = flatten_dict(params["denoising_unet"])
+    return {**params, "reference_unet": unflatten_dict({k: backbone[k] for k in ref})}
 
 
 def vae_module(cfg: Config) -> AutoencoderKL:
