@@ -93,7 +93,10 @@ def test_bad_options(capsys, tmp_path):
     )
     (tmp_path / "out").rmdir()
     assert "exceed the temporal modules' positions" in run_bad(
-        capsys, tmp_path, "--clip-frames", "14"
+        capsys,
+        tmp_path,
+        "--clip-frames",
+        "40",  # n + f > 16 positions (both models)
     )
 
 
