@@ -117,17 +117,25 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def load_yaml(path: str | Path) -> dict:
-    """Reads a YAML file, resolving `base:` (a path or list of paths relative to the file)."""
+def read_yaml(path: str | Path, kind: str = "config") -> dict:
+    """A YAML file's top-level mapping; one-line errors for a missing file, bad YAML or
+    another top level (`kind` names the file in them)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {kind} file not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Reads a YAML file, resolving `base:` (a path or list of paths relative to the file)."""
+    path = Path(path)
+    data = read_yaml(path)
     bases = data.pop("base", [])
     merged: dict = {}
     for b in [bases] if isinstance(bases, str) else bases:

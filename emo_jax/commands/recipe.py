@@ -33,17 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_recipe(path: str) -> tuple[Path, dict[str, list[str]]]:
     """(state file, {step name: argv}) of a recipe file."""
-    import yaml
-
+    from emo_jax.config import read_yaml
     from emo_jax.errors import InputError
 
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{path}: no such recipe file")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml(path, "recipe")
     steps = data.get("steps")
     if not isinstance(data.get("state"), str) or not isinstance(steps, dict) or not steps:
         raise InputError(f"{path}: needs 'state: FILE.json' and 'steps: {{name: command}}'")
