@@ -75,6 +75,11 @@ def test_autoencoder_resumes_to_the_same_weights(ae_runs):
         np.testing.assert_array_equal(x, y)
     losses = {k: v for k, v in straight["losses"].items() if k > 20}
     assert losses == resumed["losses"]
+    rows = [
+        {r["step"]: r["batch"] for r in map(json.loads, (root / run / "metrics.jsonl").open())}
+        for run in ("straight", "resumed")
+    ]
+    assert rows[0] == rows[1] and len(set(rows[0].values())) == 40  # the same 40 batches
 
 
 def test_autoencoder_stage_refuses_video_data(tmp_path, capsys):

@@ -69,6 +69,13 @@ def tree_shardings(tree: Any, mesh: Mesh, fsdp_min_size: int = 0) -> Any:
     )
 
 
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `abstract` carrying `shardings` (an Orbax restore target)."""
+    return jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
 def batch_spec(mesh: Mesh) -> PartitionSpec:
     """Leading axis over the data-parallel mesh axes."""
     axes = _mesh_axes("batch", mesh)

@@ -26,9 +26,14 @@ from emo_jax.checkpoint.manager import Checkpoints
 from emo_jax.config import Config, ConfigError
 from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL, sample_latent
 from emo_jax.parallel.mesh import make_mesh
-from emo_jax.parallel.sharding import batch_shardings, replicated, tree_shardings
+from emo_jax.parallel.sharding import (
+    batch_shardings,
+    replicated,
+    tree_shardings,
+    with_shardings,
+)
 from emo_jax.train.data import BatchStream, batch_abstract, fixed_batches, global_batch
-from emo_jax.train.metrics import MetricsLog
+from emo_jax.train.metrics import MetricsLog, batch_digest
 from emo_jax.train.optimizer import guarded_update, learning_rate, make_optimizer
 
 
@@ -126,12 +131,8 @@ def train_autoencoder(cfg: Config, progress: bool = True) -> dict:
     ckpts = Checkpoints(out / "checkpoints", t.keep_checkpoints)
     start = ckpts.latest_step()
     if start is not None:
-        target = jax.tree_util.tree_map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract_state,
-            state_sh,
-        )
-        state = ckpts.restore(start, {"state": target}, data if start < t.steps else None)
+        target = {"state": with_shardings(abstract_state, state_sh)}
+        state = ckpts.restore(start, target, data if start < t.steps else None)
         state = state["state"]
         say(f"resumed from {ckpts.directory}/{start}")
     else:
@@ -159,7 +160,7 @@ def train_autoencoder(cfg: Config, progress: bool = True) -> dict:
         step += 1
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         losses[step] = metrics["loss"]
-        log.record(step, metrics, 0)
+        log.record(step, metrics, batch_digest(local))
         bar.update(1)
         bar.set_postfix(l1=f"{metrics['l1']:.4f}")
         if step % t.checkpoint_every == 0 or step == t.steps:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import zlib
 from pathlib import Path
 
 import jax
@@ -21,17 +20,12 @@ from emo_jax.checkpoint.manager import Checkpoints
 from emo_jax.config import Config
 from emo_jax.parallel.mesh import make_mesh
 from emo_jax.train.data import BatchStream, fixed_batches, global_batch
-from emo_jax.train.metrics import MetricsLog
+from emo_jax.train.metrics import MetricsLog, batch_digest
 from emo_jax.train.sample import SampleVideos
 from emo_jax.train.setup import Setup, build
 from emo_jax.train.stages import merge, split
 from emo_jax.train.step import init_state
 from emo_jax.train.weights import initial_params, load_vae
-
-
-def _digest(batch: dict[str, np.ndarray]) -> int:
-    """A fingerprint of this process's rows of a batch (to check resumed data positions)."""
-    return zlib.crc32(np.ascontiguousarray(batch["frames"]).tobytes())
 
 
 def _start(cfg: Config, setup: Setup, ckpts: Checkpoints, data: BatchStream, say) -> tuple:
@@ -112,7 +106,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
         step += 1
         if pending:  # read the previous step's metrics while this one runs
             finish(pending)
-        pending = (step, metrics, _digest(local))
+        pending = (step, metrics, batch_digest(local))
         if step % t.checkpoint_every == 0 or step == t.steps:
             finish(pending)
             pending = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import resource
 import time
+import zlib
 from pathlib import Path
 
 import jax
@@ -25,6 +26,11 @@ def memory_stats() -> dict[str, float]:
         "memory/host_peak_rss_bytes": float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         * 1024
     }
+
+
+def batch_digest(batch: dict[str, np.ndarray]) -> int:
+    """A fingerprint of this process's rows of a batch (to check resumed data positions)."""
+    return zlib.crc32(np.ascontiguousarray(batch["frames"]).tobytes())
 
 
 class MetricsLog:

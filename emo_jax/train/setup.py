@@ -20,18 +20,13 @@ from emo_jax.parallel.sharding import (
     data_parallel_size,
     replicated,
     tree_shardings,
+    with_shardings,
 )
 from emo_jax.train.data import batch_abstract
 from emo_jax.train.optimizer import make_optimizer
 from emo_jax.train.stages import split, validate
 from emo_jax.train.step import init_state, make_eval_loss, make_train_step
 from emo_jax.train.weights import vae_module
-
-
-def _with_shardings(abstract: Any, shardings: Any) -> Any:
-    return jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
 
 
 @dataclasses.dataclass
@@ -85,7 +80,7 @@ def build(cfg: Config, mesh: Mesh) -> Setup:
             f"over the {dp} data-parallel devices"
         )
     batch = batch_abstract(cfg, rows)
-    shard = lambda tree: _with_shardings(tree, tree_shardings(tree, mesh, min_size))  # noqa: E731
+    shard = lambda tree: with_shardings(tree, tree_shardings(tree, mesh, min_size))  # noqa: E731
     setup = Setup(
         cfg=cfg,
         mesh=mesh,
@@ -96,7 +91,7 @@ def build(cfg: Config, mesh: Mesh) -> Setup:
         abstract_state=shard(state),
         abstract_frozen=shard(frozen),
         abstract_vae=shard(vae_params),
-        abstract_batch=_with_shardings(batch, batch_shardings(batch, mesh)),
+        abstract_batch=with_shardings(batch, batch_shardings(batch, mesh)),
         step=None,
         eval_loss=None,
     )
