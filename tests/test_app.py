@@ -5,9 +5,8 @@ element, the error box); the request handler's progress over clips and steps; an
 traffic beyond localhost.
 
 Browser set-up (Debian): apt-get install -y chromium chromium-driver; pip install selenium.
-EMO_JAX_SCREENSHOT=docs/app.png saves the page with its video to that file."""
+(docs/app.png, the page with the built-in model, comes from tools/app_screenshot.py.)"""
 
-import io
 import ipaddress
 import os
 import shutil
@@ -336,10 +335,6 @@ def test_page_in_a_browser(browser, url, files):
         "return performance.getEntriesByType('resource').map(e => e.name)"
     )
     assert requested and all(name.startswith(url) for name in requested), requested
-    if os.environ.get("EMO_JAX_SCREENSHOT"):
-        browser.execute_script("window.scrollTo(0, 0)")
-        shot = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
-        shot.quantize(128).save(os.environ["EMO_JAX_SCREENSHOT"], optimize=True)  # small PNG
 
 
 def test_no_outside_network(network, url, client):
