@@ -183,6 +183,24 @@ def unscale_latents(z: jax.Array, config: VAEConfig) -> jax.Array:
     return z / config.scaling_factor + (config.shift_factor or 0.0)
 
 
+def encode_images(
+    vae: AutoencoderKL, params: Any, images: jax.Array, key: jax.Array | None = None
+) -> jax.Array:
+    """uint8 RGB (N, S, S, 3) -> diffusion latents (N, S/f, S/f, C) in float32: a posterior draw
+    with `key`, else its mean."""
+    x = images.astype(vae.dtype) / 127.5 - 1.0  # [-1, 1]
+    mean, logvar = vae.apply({"params": params}, x, method=AutoencoderKL.encode)
+    z = mean if key is None else sample_latent(mean, logvar, key)
+    return scale_latents(z.astype(jnp.float32), vae.config)
+
+
+def decode_images(vae: AutoencoderKL, params: Any, latents: jax.Array) -> jax.Array:
+    """Diffusion latents (N, h, w, C) -> uint8 RGB (N, h*f, w*f, 3)."""
+    z = unscale_latents(latents, vae.config).astype(vae.dtype)
+    x = vae.apply({"params": params}, z, method=AutoencoderKL.decode).astype(jnp.float32)
+    return jnp.round((jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
+
+
 def validate(cfg: VAEConfig) -> None:
     """Raises ValueError for block types emo_jax does not implement."""
     bad = [t for t in cfg.down_block_types if t != "DownEncoderBlock2D"]

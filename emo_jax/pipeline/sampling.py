@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from emo_jax.config import DiffusionConfig, ModelConfig
 from emo_jax.diffusion import Guidance, guided, make_sampler, sample
 from emo_jax.models.emo import EMOModel, encode_reference
-from emo_jax.models.vae import AutoencoderKL, scale_latents, unscale_latents
+from emo_jax.models.vae import AutoencoderKL, decode_images, encode_images
 
 
 def vae_factor(config: ModelConfig) -> int:
@@ -52,28 +52,18 @@ class VideoFunctions:
         self.guidance = Guidance.from_config(diffusion)
         self.sampler = make_sampler(diffusion)
         self.on_step: Callable[[], None] | None = None
-        self.encode = jax.jit(self._encode)
+        self.encode = jax.jit(functools.partial(encode_images, self.vae))
         self.reference = jax.jit(lambda p, ref: encode_reference(self.model, p, ref))
         self.motion = jax.jit(
             lambda p, ref, mot: encode_reference(self.model, p, ref, mot)["motion"]
         )
         self.sample = jax.jit(functools.partial(self._sample, report=False))
         self.sample_reporting = jax.jit(functools.partial(self._sample, report=True))
-        self.decode = jax.jit(self._decode)
+        self.decode = jax.jit(functools.partial(decode_images, self.vae))
 
     @property
     def num_steps(self) -> int:
         return self.sampler.num_steps
-
-    def _encode(self, vae_params: Any, frame: jax.Array) -> jax.Array:
-        x = frame.astype(jnp.float32) / 127.5 - 1.0  # (1, H, W, 3) in [-1, 1]
-        mean, _ = self.vae.apply({"params": vae_params}, x, method=AutoencoderKL.encode)
-        return scale_latents(mean, self.vae.config)
-
-    def _decode(self, vae_params: Any, latents: jax.Array) -> jax.Array:
-        z = unscale_latents(latents, self.vae.config)
-        x = self.vae.apply({"params": vae_params}, z, method=AutoencoderKL.decode)
-        return jnp.round((jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
 
     def _tick(self, _t: jax.Array) -> None:
         if self.on_step is not None:

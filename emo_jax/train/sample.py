@@ -16,7 +16,7 @@ from emo_jax.data.pipeline import make_loader
 from emo_jax.data.video import VideoWriter
 from emo_jax.diffusion import Guidance, guided, make_sampler, sample
 from emo_jax.models.emo import EMOModel, encode_reference
-from emo_jax.models.vae import AutoencoderKL, unscale_latents
+from emo_jax.models.vae import AutoencoderKL, decode_images
 from emo_jax.parallel.sharding import replicated
 from emo_jax.train.data import AudioWindows, prepare
 from emo_jax.train.step import batch_latents
@@ -62,12 +62,7 @@ class SampleVideos:
             z = jax.random.normal(key, target.shape)  # (1, F, h, w, 4)
             latents = sample(guided(denoise, guidance), z, sampler)
             both = jnp.concatenate([latents[0], target[0]])  # (2F, h, w, 4)
-            x = vae.apply(
-                {"params": vae_params},
-                unscale_latents(both, vae.config).astype(vae.dtype),
-                method=AutoencoderKL.decode,
-            )
-            x = jnp.round((jnp.clip(x.astype(jnp.float32), -1, 1) + 1) * 127.5).astype(jnp.uint8)
+            x = decode_images(vae, vae_params, both)  # (2F, S, S, 3)
             return jnp.concatenate(jnp.split(x, 2), axis=2)  # (F, S, 2S, 3)
 
         rep = replicated(mesh)

@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding
 from emo_jax.config import Config
 from emo_jax.diffusion import add_noise, loss, sample_timesteps
 from emo_jax.models.emo import EMOModel, encode_reference
-from emo_jax.models.vae import AutoencoderKL, sample_latent, scale_latents
+from emo_jax.models.vae import AutoencoderKL, encode_images
 from emo_jax.train.optimizer import guarded_update, keep_if, learning_rate
 from emo_jax.train.stages import merge
 
@@ -43,15 +43,6 @@ def init_state(params: Any, optimizer: optax.GradientTransformation, cfg: Config
         rng=jax.random.PRNGKey(cfg.train.seed),
         skipped=jnp.zeros((), jnp.int32),
     )
-
-
-def encode_images(vae: AutoencoderKL, vae_params: Any, images: jax.Array, key: jax.Array | None):
-    """uint8 RGB (N, S, S, 3) -> scaled latents (N, S/8, S/8, 4) (a posterior draw, or its mean
-    without `key`)."""
-    x = images.astype(vae.dtype) / 127.5 - 1.0
-    mean, logvar = vae.apply({"params": vae_params}, x, method=AutoencoderKL.encode)
-    z = mean if key is None else sample_latent(mean, logvar, key)
-    return scale_latents(z.astype(jnp.float32), vae.config)
 
 
 def batch_latents(vae, vae_params, batch: dict, key: jax.Array | None) -> tuple:
