@@ -10,10 +10,11 @@ import warnings
 import numpy as np
 import pytest
 
-from emo_jax.cli import main
+from emo_jax.cli import build_parser, main
+from emo_jax.commands.generate import sampling_options
 from emo_jax.data import synth
 from emo_jax.eval import evaluate
-from emo_jax.pipeline import EMOPipeline, RandomWeightsWarning
+from emo_jax.pipeline import EMOPipeline, Options, RandomWeightsWarning
 from emo_jax.pipeline.loading import TINY_CONFIG, resolve_checkpoint
 
 
@@ -86,6 +87,19 @@ def test_speed_curve_and_clip_loading(corpus):
     clip = evaluate.load_clip(sorted(corpus.glob("*.json"))[0], seconds=1.0)
     assert clip.frames.shape == (25, 96, 96, 3) and clip.wave.shape == (25 * 640,)
     assert clip.opening.shape == clip.speed.shape == (25,) and clip.boxes.shape == (25, 4)
+
+
+def test_command_takes_generates_sampling_options():
+    argv = ["evaluate", "--data", "d", "--guidance", "2.5", "--audio-guidance", "6", "--steps", "7"]
+    options = sampling_options(build_parser().parse_args(argv))
+    assert options == {
+        "steps": 7,
+        "sampler": None,
+        "guidance_scale": 2.5,
+        "audio_guidance_scale": 6.0,
+        "seed": 0,
+    }
+    assert Options(**options).audio_guidance_scale == 6.0  # the pipeline's own field names
 
 
 def test_command_errors(tmp_path, corpus, capsys):

@@ -6,6 +6,8 @@ import argparse
 import sys
 import warnings
 
+from emo_jax.commands.generate import add_sampling_arguments, sampling_options
+
 DESCRIPTION = """\
 Generates every clip of a corpus folder (normally the held-out split: emo-jax synth --split
 heldout) from its first frame and its audio, and measures the video against the clip's truth:
@@ -31,10 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the results here as JSON (whole or not at all)")
     p.add_argument("--clips", type=int, help="evaluate only the first N clips (sorted by name)")
     p.add_argument("--seconds", type=float, help="use only the first S seconds of each clip")
-    p.add_argument("--steps", type=int, help="denoising steps (default: the model config's)")
     p.add_argument("--resolution", type=int, help="square side in pixels (default: the model's)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--no-progress", action="store_true", help="no per-clip progress lines")
+    add_sampling_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     def warn(message, category, *rest, **kw):
         print(f"emo-jax evaluate: warning: {message}", file=sys.stderr)
 
-    options = {"steps": args.steps, "resolution": args.resolution, "seed": args.seed}
+    options = {**sampling_options(args), "resolution": args.resolution}
     with warnings.catch_warnings():
         warnings.showwarning = warn
         pipe = EMOPipeline.from_pretrained(args.checkpoint)

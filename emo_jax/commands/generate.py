@@ -30,6 +30,33 @@ FFmpeg reads, any sample rate and channel count.
 """
 
 
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """--steps, --sampler, --guidance, --audio-guidance, --seed (generate and evaluate)."""
+    g = p.add_argument_group("sampling")
+    g.add_argument("--steps", type=int, help="denoising steps (default: the model config's)")
+    g.add_argument("--sampler", choices=("ddim", "dpmpp_2m"), help="sampler (config: ddim)")
+    g.add_argument("--guidance", type=float, help="guidance scale (default: the config's)")
+    g.add_argument(
+        "--audio-guidance",
+        type=float,
+        help="separate audio guidance scale; --guidance is then the reference scale",
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, help="noise seed; same seed, same device: same video"
+    )
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    """The pipeline Options fields set by `add_sampling_arguments`."""
+    return {
+        "steps": args.steps,
+        "sampler": args.sampler,
+        "guidance_scale": args.guidance,
+        "audio_guidance_scale": args.audio_guidance,
+        "seed": args.seed,
+    }
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
@@ -51,18 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--checkpoint: this config with random weights",
     )
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. diffusion.eta=0.5")
-    g = p.add_argument_group("sampling")
-    g.add_argument("--steps", type=int, help="denoising steps (config; paper: 40)")
-    g.add_argument("--sampler", choices=("ddim", "dpmpp_2m"), help="sampler (config: ddim)")
-    g.add_argument("--guidance", type=float, help="guidance scale (config: 3.5)")
-    g.add_argument(
-        "--audio-guidance",
-        type=float,
-        help="separate audio guidance scale; --guidance is then the reference scale",
-    )
-    g.add_argument(
-        "--seed", type=int, default=0, help="noise seed; same seed, same device: same video"
-    )
+    add_sampling_arguments(p)
     g = p.add_argument_group("video")
     g.add_argument(
         "--speed",
@@ -112,11 +128,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.showwarning = warn
         pipe = EMOPipeline.from_pretrained(args.checkpoint, args.config, args.overrides)
         options = {
-            "steps": args.steps,
-            "sampler": args.sampler,
-            "guidance_scale": args.guidance,
-            "audio_guidance_scale": args.audio_guidance,
-            "seed": args.seed,
+            **sampling_options(args),
             "speed": None if args.speed is None else _speed(args.speed),
             "clip_frames": args.clip_frames,
             "motion_frames": args.motion_frames,
