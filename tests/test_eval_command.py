@@ -14,6 +14,7 @@ from emo_jax.cli import build_parser, main
 from emo_jax.commands.generate import sampling_options
 from emo_jax.data import synth
 from emo_jax.eval import evaluate
+from emo_jax.models.vae import AutoencoderKL, decode_images, encode_images
 from emo_jax.pipeline import EMOPipeline, Options, RandomWeightsWarning
 from emo_jax.pipeline.loading import TINY_CONFIG, resolve_checkpoint
 
@@ -79,7 +80,28 @@ def test_table(results):
     assert len(lines) == 1 + len(evaluate.TABLE_ROWS)
     assert "lip sync (Pearson)" in lines[1] and "ground truth" in lines[0]
     psnr = lines[3].split()
-    assert psnr[:3] == ["identity", "PSNR", "(dB)"] and psnr[-3:-1] == ["-", "-"]  # infinite
+    assert psnr[:3] == ["identity", "PSNR", "(dB)"] and psnr[-4:-2] == ["-", "-"]  # infinite
+    assert [float(v) for v in psnr[-2:]] == [
+        round(results["metrics"][v]["identity_psnr"], 2)
+        for v in ("autoencoded", "reference_repeated")
+    ]
+
+
+def test_autoencoded_truth_is_the_models_round_trip(results, corpus):
+    """The 'GT autoencoded' video: truth frames -> encode (mean) -> decode with the model's VAE."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        pipe = EMOPipeline.from_pretrained(None, TINY_CONFIG)
+    clip = evaluate.load_clip(evaluate.find_clips(corpus)[0], seconds=0.4)
+    job = pipe.prepare(clip.frames[0], (clip.wave, clip.sample_rate), resolution=96)
+    truth, _ = evaluate.cut(clip.frames, clip.boxes, job.reference.crop, 96)
+    got = pipe.autoencode(job, truth)
+    vae, params = AutoencoderKL(pipe.config.model.vae), pipe.model.params["vae"]
+    want = np.asarray(decode_images(vae, params, encode_images(vae, params, truth)))
+    assert got.shape == truth.shape == (10, 96, 96, 3) and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - want).max() <= 1
+    ceiling = results["metrics"]["autoencoded"]
+    assert ceiling["identity_psnr"] < 30 and ceiling["lip_sync"] < 0.95  # a random tiny VAE
 
 
 def test_speed_curve_and_clip_loading(corpus):

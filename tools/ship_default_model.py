@@ -22,6 +22,7 @@ SUMMARY = {  # card key -> (video, metric) of the evaluation
     "lip_sync_shuffled_audio": ("generated", "lip_sync_shuffled"),
     "lip_sync_reference_repeated": ("reference_repeated", "lip_sync"),
     "lip_sync_ground_truth": ("ground_truth", "lip_sync"),
+    "lip_sync_ground_truth_autoencoded": ("autoencoded", "lip_sync"),
     "identity_psnr": ("generated", "identity_psnr"),
     "identity_ssim": ("generated", "identity_ssim"),
     "head_speed_spearman": ("generated", "head_speed_spearman"),

@@ -9,9 +9,10 @@ reference (`Reference.crop`).
 The face-region mask given to the pipeline is the first frame's true face box in the cascade's
 convention (`mouth.to_haar`), enlarged as the pipeline does, so no clip fails on detection.
 
-Three videos are measured by the same code: the generated one, the ground truth itself (the
-ceiling: what the measures read on perfect frames) and the reference image repeated (a control
-that cannot follow the audio). Metrics (`emo_jax.eval.metrics`):
+Four videos are measured by the same code: the generated one, the ground truth itself (the
+ceiling: what the measures read on perfect frames), the ground truth through the model's
+autoencoder (the ceiling of its latent space: no generated video keeps more than the
+autoencoder does) and the reference image repeated (a control that cannot follow the audio). Metrics (`emo_jax.eval.metrics`):
 
 - lip sync: Pearson of the mouth measure (`emo_jax.eval.mouth`, faces tracked by the Haar
   cascade) with the clip's true opening, averaged over clips;
@@ -40,7 +41,7 @@ from emo_jax.errors import InputError
 from emo_jax.eval import metrics
 from emo_jax.eval.mouth import from_haar, mouth_opening, to_haar, track_faces
 
-VIDEOS = ("generated", "ground_truth", "reference_repeated")
+VIDEOS = ("generated", "ground_truth", "autoencoded", "reference_repeated")
 TRUTH_KEYS = ("mouth_open", "speed", "box")
 
 
@@ -206,6 +207,7 @@ def evaluate(
         videos = {
             "generated": generated[:n],
             "ground_truth": truth,
+            "autoencoded": pipe.autoencode(job, truth),
             "reference_repeated": np.repeat(job.reference.image[None], n, axis=0),
         }
         row: dict[str, Any] = {
@@ -217,7 +219,8 @@ def evaluate(
         for video, frames in videos.items():
             reading = read_video(frames, fallback)
             readings[video].append(reading)
-            requested[video].append(clip.speed[:n] if video == "ground_truth" else job.speed[:n])
+            truth_motion = video in ("ground_truth", "autoencoded")
+            requested[video].append(clip.speed[:n] if truth_motion else job.speed[:n])
             boundary, within = metrics.seam_changes(frames, job.clip_frames)
             seams[video][0].append(boundary)
             seams[video][1].append(within)
@@ -290,7 +293,7 @@ TABLE_ROWS = (  # (label, metric key, format)
 
 def format_table(results: dict) -> str:
     """The results as a plain-text table: metrics x (generated, ground truth, reference)."""
-    heads = ("generated", "ground truth", "reference repeated")
+    heads = ("generated", "ground truth", "GT autoencoded", "reference repeated")
     width = max(len(label) for label, _, _ in TABLE_ROWS)
     lines = [f"{'':{width}}  " + "  ".join(f"{h:>18}" for h in heads)]
     for label, key, fmt in TABLE_ROWS:

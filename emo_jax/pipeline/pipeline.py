@@ -288,6 +288,15 @@ class EMOPipeline:
             )
             motion_frames = frames[-n:] if temporal else None
 
+    def autoencode(self, job: Job, frames: np.ndarray) -> np.ndarray:
+        """(T, R, R, 3) uint8 frames through the model's autoencoder (encode -> decode, as the
+        reference and motion frames are): what its latent space keeps, a ceiling for any video
+        the model generates."""
+        fns = self.functions(job)
+        vae = self.model.params["vae"]
+        latents = jnp.concatenate([fns.encode(vae, jnp.asarray(fr[None])) for fr in frames])
+        return self._decode(fns, vae, latents, job.options.decode_chunk)
+
     @staticmethod
     def _decode(fns: VideoFunctions, vae: Any, latents: jax.Array, chunk: int) -> np.ndarray:
         """(F, h, w, 4) -> (F, R, R, 3) uint8, `chunk` frames per call (last chunk padded)."""
