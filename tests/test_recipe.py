@@ -82,6 +82,54 @@ def test_autoencoder_resumes_to_the_same_weights(ae_runs):
     assert rows[0] == rows[1] and len(set(rows[0].values())) == 40  # the same 40 batches
 
 
+def test_decoder_fine_tune_keeps_the_latent_space(ae_runs, corpus, tmp_path):
+    """vae_trainable [decoder] from a trained VAE, face-weighted: encoder and scale unchanged."""
+    root = ae_runs[0]
+    extra = [
+        f"train.init_from={root / 'straight' / 'vae'}",
+        "train.vae_trainable=[decoder]",
+        "train.face_weight=4.0",
+    ]
+    cfg = load_config(
+        "configs/default/autoencoder.yaml",
+        AE_OVERRIDES
+        + [f"data.shards={corpus}", f"train.out_dir={tmp_path / 'decoder'}", "train.steps=20"]
+        + extra,
+    )
+    result = train_autoencoder(cfg, progress=False)
+    before_vae, before = AutoencoderKL.from_pretrained(root / "straight" / "vae")
+    after_vae, after = AutoencoderKL.from_pretrained(tmp_path / "decoder" / "vae")
+    assert after_vae.config == before_vae.config  # scaling_factor included
+    assert result["scaling_factor"] == before_vae.config.scaling_factor
+    for part in ("encoder", "quant_conv", "decoder", "post_quant_conv"):
+        same = [
+            np.array_equal(x, y)
+            for x, y in zip(
+                jax.tree_util.tree_leaves(before[part]), jax.tree_util.tree_leaves(after[part])
+            )
+        ]
+        assert all(same) if part in ("encoder", "quant_conv") else not any(same), part
+    evals = [json.loads(line)["loss"] for line in (tmp_path / "decoder" / "eval.jsonl").open()]
+    assert evals[-1] < evals[0]  # the face-weighted L1 of the fixed batches
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["train.vae_trainable=[decoder]"], "needs train.init_from"),
+        (["train.vae_trainable=[unet]"], "name encoder, decoder or both"),
+    ],
+)
+def test_autoencoder_stage_config_errors(tmp_path, capsys, extra, message):
+    code = main(
+        ["train", "--config", "configs/default/autoencoder.yaml"]
+        + [f"train.out_dir={tmp_path / 'run'}"]
+        + extra
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
 def test_autoencoder_stage_refuses_video_data(tmp_path, capsys):
     code = main(
         ["train", "--config", "configs/default/autoencoder.yaml", "data.mode=video"]

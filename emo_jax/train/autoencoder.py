@@ -5,6 +5,11 @@ L1 reconstruction loss plus `train.kl_weight` x the KL term, with the stages' op
 checkpoints (resumable to the exact batch) and logging. At the end the latent scale is measured
 on fixed batches and the run writes RUN/vae, a diffusers AutoencoderKL folder whose
 `scaling_factor` makes the latents unit-variance; the next stages name it in `train.vae_path`.
+
+`train.init_from` (a diffusers AutoencoderKL folder) starts from trained weights and
+`train.vae_trainable: [decoder]` trains the decoder alone: the latent space, and with it any
+diffusion model trained on it and the scaling_factor, stay as they are (SD's ft-MSE decoder
+fine-tune). `train.face_weight` weighs the L1 inside the face mask by 1 + face_weight.
 """
 
 from __future__ import annotations
@@ -54,15 +59,36 @@ def images_of(batch: dict) -> jax.Array:
     return x / 127.5 - 1.0
 
 
-def make_loss_fn(vae: AutoencoderKL, kl_weight: float):
-    """loss(params, batch, key) -> (total, (l1, kl))."""
+def pixel_weights(batch: dict, face_weight: float) -> jax.Array:
+    """Per-pixel L1 weights of `images_of(batch)`, (B*F + B, S, S, 1): 1 + face_weight inside
+    the face mask (the targets' box union, for the reference too)."""
+    f = batch["frames"].shape[1]
+    mask = batch["mask"].astype(jnp.float32)  # (B, S, S)
+    mask = jnp.concatenate([jnp.repeat(mask, f, axis=0), mask])  # (B*F + B, S, S)
+    return (1.0 + face_weight * mask)[..., None]
+
+
+def trainable_mask(params: Any, parts: tuple[str, ...]) -> Any:
+    """True on the leaves of the trained parts ("encoder": encoder + quant_conv, "decoder":
+    decoder + post_quant_conv)."""
+    owner = {"encoder": "encoder", "quant_conv": "encoder"}
+
+    def flags(tree: Any, on: bool) -> Any:
+        return jax.tree_util.tree_map(lambda _: on, tree)
+
+    return {name: flags(tree, owner.get(name, "decoder") in parts) for name, tree in params.items()}
+
+
+def make_loss_fn(vae: AutoencoderKL, kl_weight: float, face_weight: float = 0.0):
+    """loss(params, batch, key) -> (total, (l1, kl)); l1 is weighted by `pixel_weights`."""
 
     def loss_fn(params, batch, key):
         x = images_of(batch)
         mean, logvar = vae.apply({"params": params}, x, method=AutoencoderKL.encode)
         z = sample_latent(mean, logvar, key)
         y = vae.apply({"params": params}, z, method=AutoencoderKL.decode)
-        l1 = jnp.mean(jnp.abs(y.astype(jnp.float32) - x))
+        w = pixel_weights(batch, face_weight)
+        l1 = jnp.mean(w * jnp.abs(y.astype(jnp.float32) - x)) / jnp.mean(w)
         kl = 0.5 * jnp.mean(jnp.sum(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=-1))
         return l1 + kl_weight * kl, (l1, kl)
 
@@ -70,7 +96,17 @@ def make_loss_fn(vae: AutoencoderKL, kl_weight: float):
 
 
 def make_step(vae: AutoencoderKL, optimizer: optax.GradientTransformation, cfg: Config):
-    grad_fn = jax.value_and_grad(make_loss_fn(vae, cfg.train.kl_weight), has_aux=True)
+    t = cfg.train
+    loss_fn = make_loss_fn(vae, t.kl_weight, t.face_weight)
+
+    def frozen_aware(params, batch, key):  # no gradient (nor its work) for frozen parts
+        mask = trainable_mask(params, t.vae_trainable)
+        held = jax.tree_util.tree_map(
+            lambda p, m: p if m else jax.lax.stop_gradient(p), params, mask
+        )
+        return loss_fn(held, batch, key)
+
+    grad_fn = jax.value_and_grad(frozen_aware, has_aux=True)
     schedule = learning_rate(cfg.train)
 
     def step(state: AutoencoderState, batch: dict):
@@ -104,6 +140,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.stage 0 (autoencoder) reads images: set data.mode: image")
     if cfg.train.vae_path:
         raise ConfigError("train.stage 0 trains model.vae: train.vae_path must be empty")
+    parts = cfg.train.vae_trainable
+    if not parts or set(parts) - {"encoder", "decoder"}:
+        raise ConfigError(
+            f"train.vae_trainable {list(parts)}: name encoder, decoder or both (stage 0)"
+        )
+    if "encoder" not in parts and not cfg.train.init_from:
+        raise ConfigError("train.vae_trainable without encoder needs train.init_from (a VAE)")
 
 
 def train_autoencoder(cfg: Config, progress: bool = True) -> dict:
@@ -115,9 +158,18 @@ def train_autoencoder(cfg: Config, progress: bool = True) -> dict:
     say = tqdm.write if lead else (lambda *_: None)
     mesh = make_mesh(cfg.parallel)
     vae = AutoencoderKL(cfg.model.vae)
-    optimizer = make_optimizer(t)
+    start_params = None
+    if t.init_from:
+        vae, start_params = AutoencoderKL.from_pretrained(t.init_from)
+        if dataclasses.replace(vae.config, scaling_factor=None) != dataclasses.replace(
+            cfg.model.vae, scaling_factor=None
+        ):
+            raise ConfigError(f"train.init_from {t.init_from}: not the model.vae architecture")
+    optimizer = optax.masked(make_optimizer(t), lambda p: trainable_mask(p, t.vae_trainable))
     abstract_params = pretrained.abstract_params(vae, VAE_FORMAT, vae.config)
-    init = functools.partial(_init_state, vae=vae, optimizer=optimizer, seed=t.seed)
+    init = functools.partial(
+        _init_state, vae=vae, optimizer=optimizer, seed=t.seed, params=start_params
+    )
     abstract_state = jax.eval_shape(init)
     state_sh = tree_shardings(abstract_state, mesh, cfg.parallel.fsdp_min_size)
     batch_sh = batch_shardings(batch_abstract(cfg, cfg.data.batch_size), mesh)
@@ -138,9 +190,11 @@ def train_autoencoder(cfg: Config, progress: bool = True) -> dict:
     else:
         start = 0
         state = jax.jit(init, out_shardings=state_sh)()
-        say(f"fresh autoencoder (seed {t.seed}): {_count(abstract_params):,} params")
+        source = t.init_from or f"fresh (seed {t.seed})"
+        say(f"autoencoder from {source}: {_count(abstract_params):,} params")
+        say(f"training {' and '.join(t.vae_trainable)}")
     eval_batches = fixed_batches(cfg, batch_sh)
-    eval_fn = jax.jit(make_loss_fn(vae, t.kl_weight))
+    eval_fn = jax.jit(make_loss_fn(vae, t.kl_weight, t.face_weight))
 
     def evaluate(params) -> float:
         values = [
@@ -173,14 +227,13 @@ def train_autoencoder(cfg: Config, progress: bool = True) -> dict:
     ckpts.close()
     log.close()
     params = jax.device_get(state.params)
-    std = latent_std(vae, params, eval_batches or [global_batch(next(data), batch_sh)])
-    config = dataclasses.replace(vae.config, scaling_factor=round(1.0 / std, 5))
+    config = vae.config  # a frozen encoder keeps the latent space and its scale
+    if "encoder" in t.vae_trainable:
+        std = latent_std(vae, params, eval_batches or [global_batch(next(data), batch_sh)])
+        config = dataclasses.replace(config, scaling_factor=round(1.0 / std, 5))
     if lead:
         AutoencoderKL.save_pretrained(params, config, out / "vae")
-        say(
-            f"autoencoder: {out / 'vae'} (latent std {std:.4f}, scaling_factor "
-            f"{config.scaling_factor})"
-        )
+        say(f"autoencoder: {out / 'vae'} (scaling_factor {config.scaling_factor})")
     return {"start": start, "end": step, "losses": losses, "scaling_factor": config.scaling_factor}
 
 
@@ -193,9 +246,10 @@ def latent_std(vae: AutoencoderKL, params: Any, batches: list[dict]) -> float:
     return float(z.std())
 
 
-def _init_state(vae: AutoencoderKL, optimizer, seed: int) -> AutoencoderState:
-    key = jax.random.key(seed, impl="unsafe_rbg")
-    params = pretrained.init_params(vae, VAE_FORMAT, vae.config, key)
+def _init_state(vae: AutoencoderKL, optimizer, seed: int, params: Any = None) -> AutoencoderState:
+    if params is None:
+        key = jax.random.key(seed, impl="unsafe_rbg")
+        params = pretrained.init_params(vae, VAE_FORMAT, vae.config, key)
     return AutoencoderState(
         step=jnp.zeros((), jnp.int32),
         params=params,
