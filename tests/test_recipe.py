@@ -192,11 +192,12 @@ def test_default_recipe_lists_every_stage():
 
     state, steps = load_recipe("configs/default/recipe.yaml")
     configs = [argv[argv.index("--config") + 1] for argv in steps.values() if argv[0] == "train"]
-    stages = [load_config(c).train for c in configs]
-    assert [t.stage for t in stages] == [0, 1, 2, 3]
-    vae = stages[0].out_dir + "/vae"
-    assert all(t.vae_path == vae for t in stages[1:])
-    assert [t.init_from for t in stages[2:]] == [stages[1].out_dir, stages[2].out_dir]
+    ae, s1, s2, decoder, s3 = (load_config(c).train for c in configs)
+    assert [t.stage for t in (ae, s1, s2, decoder, s3)] == [0, 1, 2, 0, 3]
+    assert s1.vae_path == s2.vae_path == decoder.init_from == ae.out_dir + "/vae"
+    assert decoder.vae_trainable == ("decoder",)  # the latent space of stages 1-2 is kept
+    assert s3.vae_path == decoder.out_dir + "/vae"  # the bundle's VAE
+    assert (s2.init_from, s3.init_from) == (s1.out_dir, s2.out_dir)
     assert load_config(configs[1]).data.resolution >= 96
 
 
