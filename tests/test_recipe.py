@@ -130,6 +130,17 @@ def test_autoencoder_stage_config_errors(tmp_path, capsys, extra, message):
     assert code == 2 and message in err and "Traceback" not in err
 
 
+def test_decoder_fine_tune_refuses_another_architecture(ae_runs, tmp_path, capsys):
+    vae = ae_runs[0] / "straight" / "vae"  # 8-channel blocks; the default config's differ
+    code = main(
+        ["train", "--config", "configs/default/decoder.yaml", f"train.init_from={vae}"]
+        + [f"train.out_dir={tmp_path / 'run'}"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and f"train.init_from {vae}: not the model.vae architecture" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
 def test_autoencoder_stage_refuses_video_data(tmp_path, capsys):
     code = main(
         ["train", "--config", "configs/default/autoencoder.yaml", "data.mode=video"]

@@ -11,8 +11,9 @@ convention (`mouth.to_haar`), enlarged as the pipeline does, so no clip fails on
 
 Four videos are measured by the same code: the generated one, the ground truth itself (the
 ceiling: what the measures read on perfect frames), the ground truth through the model's
-autoencoder (the ceiling of its latent space: no generated video keeps more than the
-autoencoder does) and the reference image repeated (a control that cannot follow the audio). Metrics (`emo_jax.eval.metrics`):
+autoencoder (what its latent space keeps: on average a ceiling for generated video) and the
+reference image repeated (a control that cannot follow the audio). Metrics
+(`emo_jax.eval.metrics`):
 
 - lip sync: Pearson of the mouth measure (`emo_jax.eval.mouth`, faces tracked by the Haar
   cascade) with the clip's true opening, averaged over clips;
@@ -292,7 +293,7 @@ TABLE_ROWS = (  # (label, metric key, format)
 
 
 def format_table(results: dict) -> str:
-    """The results as a plain-text table: metrics x (generated, ground truth, reference)."""
+    """The results as a plain-text table: metrics x the four videos (`VIDEOS`)."""
     heads = ("generated", "ground truth", "GT autoencoded", "reference repeated")
     width = max(len(label) for label, _, _ in TABLE_ROWS)
     lines = [f"{'':{width}}  " + "  ".join(f"{h:>18}" for h in heads)]
