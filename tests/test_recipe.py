@@ -133,8 +133,8 @@ def test_autoencoder_stage_config_errors(tmp_path, capsys, extra, message):
 def test_decoder_fine_tune_refuses_another_architecture(ae_runs, tmp_path, capsys):
     vae = ae_runs[0] / "straight" / "vae"  # 8-channel blocks; the default config's differ
     code = main(
-        ["train", "--config", "configs/default/decoder.yaml", f"train.init_from={vae}"]
-        + [f"train.out_dir={tmp_path / 'run'}"]
+        ["train", "--config", "configs/default/autoencoder.yaml", f"train.init_from={vae}"]
+        + ["train.vae_trainable=[decoder]", f"train.out_dir={tmp_path / 'run'}"]
     )
     err = capsys.readouterr().err
     assert code == 2 and f"train.init_from {vae}: not the model.vae architecture" in err
@@ -203,11 +203,10 @@ def test_default_recipe_lists_every_stage():
 
     state, steps = load_recipe("configs/default/recipe.yaml")
     configs = [argv[argv.index("--config") + 1] for argv in steps.values() if argv[0] == "train"]
-    ae, s1, s2, decoder, s3 = (load_config(c).train for c in configs)
-    assert [t.stage for t in (ae, s1, s2, decoder, s3)] == [0, 1, 2, 0, 3]
-    assert s1.vae_path == s2.vae_path == decoder.init_from == ae.out_dir + "/vae"
-    assert decoder.vae_trainable == ("decoder",)  # the latent space of stages 1-2 is kept
-    assert s3.vae_path == decoder.out_dir + "/vae"  # the bundle's VAE
+    ae, s1, s2, s3 = (load_config(c).train for c in configs)
+    assert [t.stage for t in (ae, s1, s2, s3)] == [0, 1, 2, 3]
+    assert s1.vae_path == s2.vae_path == s3.vae_path == ae.out_dir + "/vae"
+    assert ae.face_weight > 0  # eyes and mouth weighed up in the autoencoder's L1
     assert (s2.init_from, s3.init_from) == (s1.out_dir, s2.out_dir)
     assert load_config(configs[1]).data.resolution >= 96
 
