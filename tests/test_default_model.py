@@ -17,7 +17,7 @@ from emo_jax.eval.metrics import pearson
 from emo_jax.pipeline import RandomWeightsWarning
 from emo_jax.pipeline.loading import DEFAULT_MODEL, resolve_checkpoint
 
-LIP_SYNC_MIN = 0.6  # measured 0.799 on this sentence (seed 0); held-out mean in the README
+LIP_SYNC_MIN = 0.7  # measured 0.892 on this sentence (seed 0); held-out mean in the README
 
 
 @pytest.fixture(scope="module")
