@@ -2,7 +2,7 @@
 
     state: runs/default/recipe.json     # what is done, with each step's wall time
     steps:
-      corpus: synth --out data/default/videos --identities 40
+      corpus: synth --out data/default/videos --identities 160
       stage1: train --config configs/default/stage1.yaml
       ...
 
