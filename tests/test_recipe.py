@@ -1,6 +1,7 @@
 """The default model's recipe pieces: the autoencoder stage (stage 0) and `emo-jax recipe`."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -174,6 +175,26 @@ def test_recipe_runs_skips_done_steps_and_reruns_changed_ones(tmp_path, capsys):
     assert main(["recipe", str(recipe)]) == 0
     out = capsys.readouterr().out
     assert out.count("(done in") == 1 and "component" in out  # only the changed step ran
+
+
+def test_recipe_refuses_a_done_step_whose_config_changed(tmp_path, capsys):
+    recipe, state = tmp_path / "recipe.yaml", tmp_path / "state.json"
+    base, top = tmp_path / "base.yaml", tmp_path / "top.yaml"
+    base.write_text(Path("configs/model/tiny.yaml").read_text())
+    top.write_text("base: base.yaml\n")
+    write_recipe(recipe, state, {"info": f"info --config {top} --quiet-config"})
+    assert main(["recipe", str(recipe)]) == 0
+    top.write_text("# a comment changes nothing\nbase: base.yaml\n")
+    capsys.readouterr()
+    assert main(["recipe", str(recipe)]) == 0
+    assert capsys.readouterr().out.count("(done in") == 1
+    written = state.read_text()
+    base.write_text(base.read_text() + "\ntrain:\n  steps: 7\n")  # a file it includes
+    assert main(["recipe", str(recipe)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and f"error: {top}: changed since recipe step info ran" in err[0]
+    assert "component" not in captured.out and state.read_text() == written
 
 
 def test_recipe_stops_at_a_failing_step(tmp_path, capsys):

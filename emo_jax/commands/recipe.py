@@ -8,12 +8,15 @@
 
 A step is done once its command has returned 0; a re-run skips done steps (a step whose
 command text changed runs again) and the interrupted one resumes as its own command does
-(synth keeps finished clips, train restarts from its last checkpoint).
+(synth keeps finished clips, train restarts from its last checkpoint). A done step whose
+`--config` now reads differently (the file or a `base:` it includes) stops the recipe before
+anything runs: its output is stale, and a train step would only resume its finished run.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -57,13 +60,32 @@ def read_state(path: Path) -> dict:
         raise InputError(f"{path}: not a recipe state file (invalid JSON)") from None
 
 
+def settings(argv: list[str]) -> str:
+    """Digest of the settings a step's `--config` resolves to (with its `base:` files); "" if
+    it has none."""
+    from emo_jax.config import load_yaml
+
+    if "--config" not in argv[:-1]:
+        return ""
+    data = load_yaml(argv[argv.index("--config") + 1])
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run(args: argparse.Namespace) -> int:
     from emo_jax.checkpoint.torch_io import write_json
     from emo_jax.cli import main
+    from emo_jax.errors import InputError
 
     state_path, steps = load_recipe(args.recipe)
     state = read_state(state_path)
     done = lambda name: state.get(name, {}).get("command") == shlex.join(steps[name])  # noqa: E731
+    for name, argv in steps.items():
+        digest = settings(argv)
+        if digest and done(name) and state[name].get("settings") != digest:
+            raise InputError(
+                f"{argv[argv.index('--config') + 1]}: changed since recipe step {name} ran with "
+                f"it; restore it, or delete that step's output and its entry in {state_path}"
+            )
     for i, (name, argv) in enumerate(steps.items(), 1):
         line = f"[{i}/{len(steps)}] {name}: emo-jax {shlex.join(argv)}"
         if done(name):
@@ -78,7 +100,11 @@ def run(args: argparse.Namespace) -> int:
         if code:
             print(f"emo-jax recipe: step {name} failed (exit {code})", file=sys.stderr)
             return code
-        state[name] = {"command": shlex.join(argv), "seconds": time.perf_counter() - t0}
+        state[name] = {
+            "command": shlex.join(argv),
+            "settings": settings(argv),
+            "seconds": time.perf_counter() - t0,
+        }
         state_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(state, state_path)
     if not args.dry_run:
