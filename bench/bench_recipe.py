@@ -19,7 +19,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "configs" / "default" / "recipe.y
 
 
 def main() -> None:
-    from emo_jax.commands.recipe import load_recipe, read_state
+    from emo_jax.commands.recipe import config_of, load_recipe, read_state
     from emo_jax.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,7 +34,7 @@ def main() -> None:
         total += 0 if np.isnan(seconds) else seconds
         extra = ""
         if argv[0] == "train":
-            cfg = load_config(argv[argv.index("--config") + 1])
+            cfg = load_config(config_of(argv))
             evals = Path(cfg.train.out_dir) / "eval.jsonl"
             last = json.loads(evals.read_text().splitlines()[-1])["loss"] if evals.is_file() else 0
             extra = f"{cfg.train.steps:>12}{seconds / cfg.train.steps:>10.3f}{last:>12.4f}"

@@ -60,14 +60,19 @@ def read_state(path: Path) -> dict:
         raise InputError(f"{path}: not a recipe state file (invalid JSON)") from None
 
 
+def config_of(argv: list[str]) -> str | None:
+    """The `--config` file of a step's command line, or None."""
+    return argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+
+
 def settings(argv: list[str]) -> str:
     """Digest of the settings a step's `--config` resolves to (with its `base:` files); "" if
     it has none."""
     from emo_jax.config import load_yaml
 
-    if "--config" not in argv[:-1]:
+    if config_of(argv) is None:
         return ""
-    data = load_yaml(argv[argv.index("--config") + 1])
+    data = load_yaml(config_of(argv))
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         digest = settings(argv)
         if digest and done(name) and state[name].get("settings") != digest:
             raise InputError(
-                f"{argv[argv.index('--config') + 1]}: changed since recipe step {name} ran with "
+                f"{config_of(argv)}: changed since recipe step {name} ran with "
                 f"it; restore it, or delete that step's output and its entry in {state_path}"
             )
     for i, (name, argv) in enumerate(steps.items(), 1):
