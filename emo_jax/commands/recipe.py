@@ -70,9 +70,10 @@ def settings(argv: list[str]) -> str:
     it has none."""
     from emo_jax.config import load_yaml
 
-    if config_of(argv) is None:
+    path = config_of(argv)
+    if path is None:
         return ""
-    data = load_yaml(config_of(argv))
+    data = load_yaml(path)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
