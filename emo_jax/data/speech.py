@@ -91,7 +91,7 @@ class _Engine:
             raise RuntimeError(f"espeak-ng failed to initialise (data: {data.decode()})")
         self.sample_rate = rate
         self.lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-        self.lib.espeak_ng_SetRandSeed(0)  # breathy variants add noise, seeded from the clock
+        self.lib.espeak_ng_SetRandSeed(0)  # else seeded from the clock (breathy voices: noise)
         self.chunks: list[np.ndarray] = []
         self.events: list[tuple[str, int]] = []
         self.callback = _Callback(self._collect)  # kept alive as long as the engine
