@@ -1,6 +1,7 @@
 """The default model's recipe (configs/default/recipe.yaml): wall time per step as the recipe
-recorded it, each training stage's steps and step time from its metrics, and the evaluation's
-runtime (generation vs measuring). Run it after `emo-jax recipe configs/default/recipe.yaml`,
+recorded it (a resumed step: its last run only), each training stage's steps, its median step
+time and training time over all its runs from its metrics, and the evaluation's runtime
+(generation vs measuring). Run it after `emo-jax recipe configs/default/recipe.yaml`,
 from the directory the recipe ran in.
 
     python bench/bench_recipe.py [--runs runs/default]
@@ -21,13 +22,17 @@ RECIPE = Path(__file__).resolve().parents[1] / "configs" / "default" / "recipe.y
 def main() -> None:
     from emo_jax.commands.recipe import config_of, load_recipe, read_state
     from emo_jax.config import load_config
+    from emo_jax.train.metrics import step_seconds
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/default", help="the recipe's run folder")
     args = p.parse_args()
     state_path, steps = load_recipe(str(RECIPE))
     state = read_state(state_path)
-    print(f"{'step':<12}{'wall (s)':>10}{'opt. steps':>12}{'s / step':>10}{'final eval':>12}")
+    print(
+        f"{'step':<12}{'wall (s)':>10}{'opt. steps':>12}{'s / step':>10}{'steps (s)':>11}"
+        f"{'final eval':>12}"
+    )
     total = 0.0
     for name, argv in steps.items():
         seconds = state.get(name, {}).get("seconds", float("nan"))
@@ -35,9 +40,15 @@ def main() -> None:
         extra = ""
         if argv[0] == "train":
             cfg = load_config(config_of(argv))
-            evals = Path(cfg.train.out_dir) / "eval.jsonl"
+            run = Path(cfg.train.out_dir)
+            evals, log = run / "eval.jsonl", run / "metrics.jsonl"
             last = json.loads(evals.read_text().splitlines()[-1])["loss"] if evals.is_file() else 0
-            extra = f"{cfg.train.steps:>12}{seconds / cfg.train.steps:>10.3f}{last:>12.4f}"
+            rows = (
+                [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+            )
+            times = step_seconds(rows)
+            per_step = float(np.median(times)) if len(times) else float("nan")
+            extra = f"{cfg.train.steps:>12}{per_step:>10.3f}{times.sum():>11.0f}{last:>12.4f}"
         print(f"{name:<12}{seconds:>10.0f}{extra}")
     print(f"{'total':<12}{total:>10.0f}  ({total / 3600:.2f} h)")
     evaluation = Path(args.runs) / "evaluation.json"

@@ -20,6 +20,7 @@ from emo_jax.models.inventory import component_of, emo_counts
 from emo_jax.parallel.mesh import axis_sizes, make_mesh
 from emo_jax.parallel.sharding import spec_for
 from emo_jax.train.data import BatchStream, global_batch
+from emo_jax.train.metrics import step_seconds
 from emo_jax.train.setup import build
 from emo_jax.train.stages import load_matching, merge, split, validate
 from emo_jax.train.step import _micro_batches, init_state
@@ -121,6 +122,18 @@ def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
     ckpts.wait()
     assert ckpts.all_steps() == [2, 4, 5]
     assert Checkpoints(tmp_path).restore_numpy()["x"].tolist() == [5, 5, 5]
+
+
+def test_step_seconds_span_resumed_runs_and_skip_each_first_step():
+    rows = [
+        {"step": 1, "time": 10.0},
+        {"step": 2, "time": 10.5},
+        {"step": 3, "time": 11.5},
+        {"step": 3, "time": 100.0},  # resumed from the checkpoint at step 2
+        {"step": 4, "time": 100.25},
+        {"step": 5},  # written before rows had a time
+    ]
+    assert step_seconds(rows).tolist() == [0.5, 1.0, 0.25]
 
 
 def test_sharding_rules():

@@ -1,6 +1,6 @@
-"""Training metrics: every step to RUN/metrics.jsonl, every `log_every` steps the means to
-TensorBoard (RUN/tb) and stdout; evaluation losses to RUN/eval.jsonl too. Only process 0
-writes."""
+"""Training metrics: every step to RUN/metrics.jsonl (with its wall-clock time), every
+`log_every` steps the means to TensorBoard (RUN/tb) and stdout; evaluation losses to
+RUN/eval.jsonl too. Only process 0 writes."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def batch_digest(batch: dict[str, np.ndarray]) -> int:
     return zlib.crc32(np.ascontiguousarray(batch["frames"]).tobytes())
 
 
+def step_seconds(rows: list[dict]) -> np.ndarray:
+    """Seconds each step took, from consecutive metrics.jsonl rows one step apart (over every
+    resumed segment of a run; a segment's first step, which compiles, is not counted)."""
+    timed = [r for r in rows if "time" in r]
+    return np.array(
+        [b["time"] - a["time"] for a, b in zip(timed, timed[1:]) if b["step"] == a["step"] + 1]
+    )
+
+
 class MetricsLog:
     """Per-step records and periodic summaries (no-op on processes other than 0)."""
 
@@ -57,6 +66,7 @@ class MetricsLog:
         if not self.enabled:
             return
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}, "batch": batch_digest}
+        row["time"] = time.time()
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
         if not row["ok"]:
