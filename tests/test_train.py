@@ -126,12 +126,11 @@ def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
 
 def test_step_seconds_span_resumed_runs_and_skip_each_first_step():
     rows = [
-        {"step": 1, "time": 10.0},
-        {"step": 2, "time": 10.5},
-        {"step": 3, "time": 11.5},
-        {"step": 3, "time": 100.0},  # resumed from the checkpoint at step 2
-        {"step": 4, "time": 100.25},
-        {"step": 5},  # written before rows had a time
+        {"step": 1},  # a run's first step: compiles, no time
+        {"step": 2, "seconds": 0.5},
+        {"step": 3, "seconds": 1.0},
+        {"step": 3},  # resumed from the checkpoint at step 2
+        {"step": 4, "seconds": 0.25},
     ]
     assert step_seconds(rows).tolist() == [0.5, 1.0, 0.25]
 

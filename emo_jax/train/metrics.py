@@ -1,4 +1,4 @@
-"""Training metrics: every step to RUN/metrics.jsonl (with its wall-clock time), every
+"""Training metrics: every step to RUN/metrics.jsonl (with the seconds it took), every
 `log_every` steps the means to TensorBoard (RUN/tb) and stdout; evaluation losses to
 RUN/eval.jsonl too. Only process 0 writes."""
 
@@ -34,12 +34,9 @@ def batch_digest(batch: dict[str, np.ndarray]) -> int:
 
 
 def step_seconds(rows: list[dict]) -> np.ndarray:
-    """Seconds each step took, from consecutive metrics.jsonl rows one step apart (over every
-    resumed segment of a run; a segment's first step, which compiles, is not counted)."""
-    timed = [r for r in rows if "time" in r]
-    return np.array(
-        [b["time"] - a["time"] for a, b in zip(timed, timed[1:]) if b["step"] == a["step"] + 1]
-    )
+    """Seconds each step took, from metrics.jsonl rows, over every run of a resumed run folder
+    (the first step of each run, which compiles, has none)."""
+    return np.array([r["seconds"] for r in rows if "seconds" in r])
 
 
 class MetricsLog:
@@ -53,6 +50,7 @@ class MetricsLog:
         self.out_dir = out_dir
         self.window: list[dict] = []
         self.t0 = time.perf_counter()
+        self.last: float | None = None  # when this process recorded its previous step
         self.tb = self.jsonl = None
         if self.enabled:
             from tensorboardX import SummaryWriter
@@ -66,7 +64,10 @@ class MetricsLog:
         if not self.enabled:
             return
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}, "batch": batch_digest}
-        row["time"] = time.time()
+        now = time.perf_counter()
+        if self.last is not None:
+            row["seconds"] = now - self.last
+        self.last = now
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
         if not row["ok"]:
