@@ -41,12 +41,9 @@ def main() -> None:
         if argv[0] == "train":
             cfg = load_config(config_of(argv))
             run = Path(cfg.train.out_dir)
-            evals, log = run / "eval.jsonl", run / "metrics.jsonl"
+            evals = run / "eval.jsonl"
             last = json.loads(evals.read_text().splitlines()[-1])["loss"] if evals.is_file() else 0
-            rows = (
-                [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-            )
-            times = step_seconds(rows)
+            times = step_seconds(run)
             per_step = float(np.median(times)) if len(times) else float("nan")
             extra = f"{cfg.train.steps:>12}{per_step:>10.3f}{times.sum():>11.0f}{last:>12.4f}"
         print(f"{name:<12}{seconds:>10.0f}{extra}")

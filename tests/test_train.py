@@ -2,6 +2,7 @@
 stage, sharding rules, the compiled step's memory, NaN skip and EMA."""
 
 import dataclasses
+import json
 import math
 
 import jax
@@ -124,7 +125,7 @@ def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
     assert Checkpoints(tmp_path).restore_numpy()["x"].tolist() == [5, 5, 5]
 
 
-def test_step_seconds_span_resumed_runs_and_skip_each_first_step():
+def test_step_seconds_span_resumed_runs_and_skip_each_first_step(tmp_path):
     rows = [
         {"step": 1},  # a run's first step: compiles, no time
         {"step": 2, "seconds": 0.5},
@@ -132,7 +133,8 @@ def test_step_seconds_span_resumed_runs_and_skip_each_first_step():
         {"step": 3},  # resumed from the checkpoint at step 2
         {"step": 4, "seconds": 0.25},
     ]
-    assert step_seconds(rows).tolist() == [0.5, 1.0, 0.25]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert step_seconds(tmp_path).tolist() == [0.5, 1.0, 0.25]
 
 
 def test_sharding_rules():

@@ -33,9 +33,11 @@ def batch_digest(batch: dict[str, np.ndarray]) -> int:
     return zlib.crc32(np.ascontiguousarray(batch["frames"]).tobytes())
 
 
-def step_seconds(rows: list[dict]) -> np.ndarray:
-    """Seconds each step took, from metrics.jsonl rows, over every run of a resumed run folder
-    (the first step of each run, which compiles, has none)."""
+def step_seconds(run: Path) -> np.ndarray:
+    """Seconds each step took, from RUN/metrics.jsonl, over every run of a resumed run folder
+    (the first step of each run, which compiles, has none); empty if there is no log."""
+    log = run / "metrics.jsonl"
+    rows = map(json.loads, log.read_text().splitlines()) if log.is_file() else []
     return np.array([r["seconds"] for r in rows if "seconds" in r])
 
 
