@@ -50,6 +50,16 @@ def _kwargs(cfg: DiffusionConfig, keys) -> dict:
     return {k: getattr(cfg, k) for k in keys}
 
 
+def diffusers_scheduler(cls, cfg: DiffusionConfig, keys):
+    """diffusers' DDPM or DDIM scheduler for cfg, on our schedule when it has zero terminal SNR
+    (theirs then depends on the CPU's float32 sqrt; test_schedule_matches_diffusers bounds the
+    difference), so that the step formulas are compared on one schedule."""
+    sched = cls(**_kwargs(cfg, keys))
+    if cfg.rescale_betas_zero_snr:
+        sched.alphas_cumprod = torch.from_numpy(schedule.alphas_cumprod(cfg))
+    return sched
+
+
 def _noise(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, *SHAPE)).astype(np.float32)
 
@@ -94,8 +104,10 @@ def _run_both(cfg, ours, theirs, noises=None, **step_kwargs):
 def test_schedule_matches_diffusers(name):
     cfg = SETTINGS[name]
     ref = DDPMScheduler(**_kwargs(cfg, SCHEDULE_KEYS))
-    if cfg.rescale_betas_zero_snr:  # torch's float32 sqrt is not correctly rounded: 1 ulp
-        np.testing.assert_allclose(schedule.alphas_cumprod(cfg), ref.alphas_cumprod, atol=2e-7)
+    if cfg.rescale_betas_zero_snr:
+        # torch's float32 sqrt is not correctly rounded on every CPU (1 ulp with AVX-512); the
+        # rescale divides by sqrt(alpha_bar) - sqrt(alpha_bar_T), so near t = N-1 that ulp grows.
+        np.testing.assert_allclose(schedule.alphas_cumprod(cfg), ref.alphas_cumprod, rtol=1e-5)
     else:  # bit for bit
         np.testing.assert_array_equal(schedule.betas(cfg), ref.betas.numpy())
         np.testing.assert_array_equal(schedule.alphas_cumprod(cfg), ref.alphas_cumprod.numpy())
@@ -157,7 +169,7 @@ def test_dpmpp_2m_orders():
 
 def test_add_noise_and_velocity_match_ddpm():
     for cfg in SETTINGS.values():
-        ref = DDPMScheduler(**_kwargs(cfg, SCHEDULE_KEYS))
+        ref = diffusers_scheduler(DDPMScheduler, cfg, SCHEDULE_KEYS)
         rng = np.random.default_rng(3)
         x0 = rng.standard_normal((5, 3, 4, 4, 4)).astype(np.float32)
         noise = rng.standard_normal(x0.shape).astype(np.float32)

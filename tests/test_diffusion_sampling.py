@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-from test_diffusion import DDIM_KEYS, DPM_KEYS, SETTINGS, _kwargs, as_output
+from test_diffusion import DDIM_KEYS, DPM_KEYS, SETTINGS, _kwargs, as_output, diffusers_scheduler
 
 from emo_jax.diffusion import Guidance, guided, make_sampler, sample, schedule
 from emo_jax.diffusion.guidance import FULL, REFERENCE_ONLY, UNCOND
@@ -41,7 +41,7 @@ CASES = {
 def _reference(cfg, guidance, latents, noises):
     """diffusers scheduler stepped in Python; each guidance pass a separate call, combined by hand."""
     if cfg.sampler == "ddim":
-        sched = DDIMScheduler(**_kwargs(cfg, DDIM_KEYS))
+        sched = diffusers_scheduler(DDIMScheduler, cfg, DDIM_KEYS)
     else:
         sched = DPMSolverMultistepScheduler(**_kwargs(cfg, DPM_KEYS))
     sched.set_timesteps(cfg.num_inference_steps)
