@@ -1,4 +1,5 @@
-"""The DDPM noise schedule: diffusers' float32 values, bit for bit, computed in numpy.
+"""The DDPM noise schedule: diffusers' float32 values, bit for bit, computed in numpy (with zero
+terminal SNR to within torch's float32 sqrt, whose rounding depends on the CPU).
 
 `alphas_cumprod[t]` is alpha_bar_t: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise.
 """
