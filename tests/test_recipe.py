@@ -219,10 +219,11 @@ def test_recipe_file_errors(tmp_path, capsys, text, message):
     assert len(err) == 1 and message in err[0] and str(recipe) in err[0]
 
 
-def test_default_recipe_lists_every_stage():
+@pytest.mark.parametrize("recipe", ["configs/default/recipe.yaml", "configs/latent24/recipe.yaml"])
+def test_default_recipe_lists_every_stage(recipe):
     from emo_jax.commands.recipe import load_recipe
 
-    state, steps = load_recipe("configs/default/recipe.yaml")
+    state, steps = load_recipe(recipe)
     configs = [argv[argv.index("--config") + 1] for argv in steps.values() if argv[0] == "train"]
     ae, s1, s2, s3 = (load_config(c).train for c in configs)
     assert [t.stage for t in (ae, s1, s2, s3)] == [0, 1, 2, 3]
@@ -230,6 +231,9 @@ def test_default_recipe_lists_every_stage():
     assert ae.face_weight > 0  # eyes and mouth weighed up in the autoencoder's L1
     assert (s2.init_from, s3.init_from) == (s1.out_dir, s2.out_dir)
     assert load_config(configs[1]).data.resolution >= 96
+    model = load_config(configs[1]).model
+    assert model.unet.sample_size * 2 ** (len(model.vae.block_out_channels) - 1) == 96
+    assert model.unet.in_channels == model.vae.latent_channels
 
 
 def test_reference_from_backbone_copies_every_shared_param():
