@@ -220,7 +220,7 @@ def test_recipe_file_errors(tmp_path, capsys, text, message):
 
 
 @pytest.mark.parametrize("recipe", ["configs/default/recipe.yaml", "configs/latent24/recipe.yaml"])
-def test_default_recipe_lists_every_stage(recipe):
+def test_recipes_list_every_stage_on_their_own_data(recipe):
     from emo_jax.commands.recipe import load_recipe
 
     state, steps = load_recipe(recipe)
@@ -230,6 +230,8 @@ def test_default_recipe_lists_every_stage(recipe):
     assert s1.vae_path == s2.vae_path == s3.vae_path == ae.out_dir + "/vae"
     assert ae.face_weight > 0  # eyes and mouth weighed up in the autoencoder's L1
     assert (s2.init_from, s3.init_from) == (s1.out_dir, s2.out_dir)
+    shards = steps["preprocess"][steps["preprocess"].index("--out") + 1]
+    assert all(load_config(c).data.shards == shards for c in configs)
     assert load_config(configs[1]).data.resolution >= 96
     model = load_config(configs[1]).model
     assert model.unet.sample_size * 2 ** (len(model.vae.block_out_channels) - 1) == 96
