@@ -4,7 +4,7 @@ time and training time over all its runs from its metrics, and the evaluation's 
 (generation vs measuring). Run it after `emo-jax recipe configs/default/recipe.yaml`,
 from the directory the recipe ran in.
 
-    python bench/bench_recipe.py [--runs runs/default]
+    python bench/bench_recipe.py [--recipe configs/latent24/recipe.yaml]
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ def main() -> None:
     from emo_jax.train.metrics import step_seconds
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", default="runs/default", help="the recipe's run folder")
+    p.add_argument("--recipe", default=str(RECIPE), help="e.g. configs/latent24/recipe.yaml")
     args = p.parse_args()
-    state_path, steps = load_recipe(str(RECIPE))
+    state_path, steps = load_recipe(args.recipe)
     state = read_state(state_path)
     print(
         f"{'step':<12}{'wall (s)':>10}{'opt. steps':>12}{'s / step':>10}{'steps (s)':>11}"
@@ -48,7 +48,8 @@ def main() -> None:
             extra = f"{cfg.train.steps:>12}{per_step:>10.3f}{times.sum():>11.0f}{last:>12.4f}"
         print(f"{name:<12}{seconds:>10.0f}{extra}")
     print(f"{'total':<12}{total:>10.0f}  ({total / 3600:.2f} h)")
-    evaluation = Path(args.runs) / "evaluation.json"
+    evaluate = steps["evaluate"]
+    evaluation = Path(evaluate[evaluate.index("--out") + 1])
     if evaluation.is_file():
         e = json.loads(evaluation.read_text())
         measuring = e["total_seconds"] - e["generation_seconds"]
