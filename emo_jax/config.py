@@ -468,6 +468,7 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 0
     num_epochs: int | None = None  # None: repeat forever
+    hue_augment: float = 0.0  # fraction of examples hue-turned (emo_jax.data.pipeline)
     worker_count: int = 0  # Grain worker processes (0: load in the main process)
     worker_buffer_size: int = 2
     # preprocessing (emo-jax preprocess)
@@ -481,6 +482,8 @@ class DataConfig:
     def __post_init__(self):
         if self.mode not in ("video", "image"):
             raise ConfigError(f"data.mode: {self.mode!r} is not one of video, image")
+        if not 0.0 <= self.hue_augment <= 1.0:
+            raise ConfigError(f"data.hue_augment: {self.hue_augment} is not in [0, 1]")
         if self.sample_rate % self.fps:
             raise ConfigError(
                 f"data.sample_rate {self.sample_rate} is not a multiple of fps {self.fps}"

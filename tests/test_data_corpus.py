@@ -11,7 +11,7 @@ import soundfile as sf
 from emo_jax.config import DataConfig
 from emo_jax.data import records, synth
 from emo_jax.data.faces import box_iou
-from emo_jax.data.pipeline import make_loader
+from emo_jax.data.pipeline import YIQ, make_loader, rotate_hue
 from emo_jax.data.preprocess import preprocess
 from emo_jax.data.video import VideoWriter
 
@@ -156,6 +156,41 @@ def test_example_matches_the_records(corpus):
         x1, y1 = np.ceil(r["box"][2:]).astype(int)
         mask[y0:y1, x0:x1] = 1
     assert np.array_equal(batch["mask"][0], mask) and 0 < mask.mean() < 1
+
+
+def test_rotate_hue_keeps_luminance_and_greys():
+    rgb = np.random.default_rng(0).integers(40, 200, (64, 3)).astype(np.uint8)
+    assert np.array_equal(rotate_hue(rgb, 0.0), rgb)
+    assert np.abs(rotate_hue(rgb, 2 * np.pi).astype(int) - rgb).max() <= 1
+    turned = rotate_hue(rgb, 2.0)
+    assert np.abs((turned.astype(float) - rgb) @ YIQ[0]).max() < 6  # clipped out-of-gamut ones
+    assert np.abs(turned.astype(int) - rgb).max() > 50
+    grey = np.array([[0, 0, 0], [128, 128, 128], [255, 255, 255]], np.uint8)
+    assert np.array_equal(rotate_hue(grey, 1.0), grey)
+
+
+def _chroma_turn(plain: np.ndarray, turned: np.ndarray) -> float:
+    """The angle that turns the YIQ chroma of `plain` into `turned` (least squares)."""
+    a = plain.reshape(-1, 3).astype(float) @ YIQ[1:].T
+    b = turned.reshape(-1, 3).astype(float) @ YIQ[1:].T
+    return float(np.arctan2(np.sum(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]), np.sum(a * b)))
+
+
+def test_hue_augment_turns_a_whole_example_alike(corpus):
+    (plain,) = _take(make_loader(_cfg(corpus[1], seed=5), 0, 1), 1)
+    (aug,) = _take(make_loader(_cfg(corpus[1], seed=5, hue_augment=1.0), 0, 1), 1)
+    for key in ("audio", "mask", "speed"):
+        assert np.array_equal(plain[key], aug[key])
+    angles = []
+    for i in range(2):
+        angle = _chroma_turn(plain["frames"][i], aug["frames"][i])
+        for key in ("frames", "motion_frames", "reference"):
+            expected = rotate_hue(plain[key][i], angle).astype(int)
+            assert np.abs(expected - aug[key][i]).mean() < 1.0, key
+        angles.append(angle)
+    assert abs(angles[0] - angles[1]) > 1e-3  # a new angle per example
+    (kept,) = _take(make_loader(_cfg(corpus[1], seed=5, hue_augment=0.0), 0, 1), 1)
+    assert all(np.array_equal(plain[k], kept[k]) for k in plain)
 
 
 def test_same_seed_same_batches(corpus):

@@ -16,7 +16,9 @@ mode "video" (stages 2 and 3):
   "speed"          (B, F) float32              head rotation speed, degrees per frame
 mode "image" (stage 1): "frames" (B, 1, S, S, 3), "reference" and "mask" as above.
 
-No augmentation: the paper describes none.
+The paper describes no augmentation; `data.hue_augment` > 0 turns the hues of that fraction of
+examples (`rotate_hue`: every frame and the reference alike, luminance kept), so that the model
+has to copy colours from the reference rather than learn the training people's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,19 @@ import numpy as np
 from emo_jax.config import DataConfig
 from emo_jax.data.source import ClipIndex, Corpus, FrameReader
 from emo_jax.errors import InputError
+
+
+YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def rotate_hue(images: np.ndarray, angle: float) -> np.ndarray:
+    """uint8 RGB images (..., 3) with their hue turned by `angle` radians: a rotation of the
+    YIQ chroma plane, so luminance (a dark mouth, grey teeth) is kept."""
+    c, s = np.cos(angle), np.sin(angle)
+    turn = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    matrix = np.linalg.inv(YIQ) @ turn @ YIQ
+    out = images.astype(np.float32) @ matrix.T.astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 class LoadExample(grain.transforms.RandomMap):
@@ -41,14 +56,22 @@ class LoadExample(grain.transforms.RandomMap):
         cfg, reader = self.cfg, self.reader
         if cfg.mode == "image":
             rec = reader.read(video, range(start, start + 1))
-            return {
+            example = {
                 "frames": reader.image(rec[0])[None],
                 "reference": reader.reference(video, range(start, start + 1), rng),
                 "mask": reader.mask(rec),
             }
-        example = reader.clip(video, start, cfg.n_motion_frames, cfg.n_frames, cfg.audio_context)
-        t0 = start + cfg.n_motion_frames
-        example["reference"] = reader.reference(video, range(t0, t0 + cfg.n_frames), rng)
+        else:
+            example = reader.clip(
+                video, start, cfg.n_motion_frames, cfg.n_frames, cfg.audio_context
+            )
+            t0 = start + cfg.n_motion_frames
+            example["reference"] = reader.reference(video, range(t0, t0 + cfg.n_frames), rng)
+        if cfg.hue_augment and rng.random() < cfg.hue_augment:
+            angle = rng.uniform(0.0, 2 * np.pi)
+            for key in ("frames", "motion_frames", "reference"):
+                if key in example:
+                    example[key] = rotate_hue(example[key], angle)
         return example
 
 
