@@ -528,6 +528,7 @@ class TrainConfig:
     sample_every: int = 0  # steps between sample videos (0: none)
     sample_steps: int = 20  # DDIM steps of a sample video
     eval_batches: int = 0  # fixed batches scored at start and per checkpoint (fixed noise)
+    eval_shards: str | None = None  # their corpus (held-out people); None: data.shards
     kl_weight: float = 1e-6  # stage 0: weight of the KL term beside the L1 reconstruction
     face_weight: float = 0.0  # stage 0: extra L1 weight inside the face mask (1 + w there)
     vae_trainable: tuple[str, ...] = ("encoder", "decoder")  # stage 0: the parts that train

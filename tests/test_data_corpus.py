@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emo_jax.config import DataConfig
+from emo_jax.config import Config, DataConfig, TrainConfig
 from emo_jax.data import records, synth
 from emo_jax.data.faces import box_iou
 from emo_jax.data.pipeline import YIQ, make_loader, rotate_hue
 from emo_jax.data.preprocess import preprocess
 from emo_jax.data.video import VideoWriter
+from emo_jax.train.data import eval_data
 
 RES = 64
 
@@ -191,6 +192,14 @@ def test_hue_augment_turns_a_whole_example_alike(corpus):
     assert abs(angles[0] - angles[1]) > 1e-3  # a new angle per example
     (kept,) = _take(make_loader(_cfg(corpus[1], seed=5, hue_augment=0.0), 0, 1), 1)
     assert all(np.array_equal(plain[k], kept[k]) for k in plain)
+
+
+def test_eval_data_is_the_named_corpus_unaugmented(corpus):
+    data = _cfg(corpus[0] / "elsewhere", seed=2, hue_augment=1.0)
+    cfg = Config(data=data, train=TrainConfig(eval_shards=str(corpus[1])))
+    (evaluation,) = _take(make_loader(eval_data(cfg), 0, 1), 1)
+    (plain,) = _take(make_loader(_cfg(corpus[1], seed=3), 0, 1), 1)
+    assert all(np.array_equal(evaluation[k], plain[k]) for k in plain)
 
 
 def test_same_seed_same_batches(corpus):

@@ -30,7 +30,6 @@ from emo_jax.config import DataConfig
 from emo_jax.data.source import ClipIndex, Corpus, FrameReader
 from emo_jax.errors import InputError
 
-
 YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 

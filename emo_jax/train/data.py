@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from emo_jax.audio.features import AudioFeatures, SilentAudioWarning
-from emo_jax.config import Config, ConfigError
+from emo_jax.config import Config, ConfigError, DataConfig
 from emo_jax.data.pipeline import make_loader
 from emo_jax.models.emo import audio_feature_shape
 
@@ -99,10 +99,16 @@ def global_batch(local: dict[str, np.ndarray], shardings: dict[str, NamedShardin
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
 
 
+def eval_data(cfg: Config) -> DataConfig:
+    """The evaluation data: `train.eval_shards` (else the training corpus) with data seed + 1,
+    not augmented."""
+    shards = cfg.train.eval_shards or cfg.data.shards
+    return dataclasses.replace(cfg.data, shards=shards, seed=cfg.data.seed + 1, hue_augment=0.0)
+
+
 def fixed_batches(cfg: Config, shardings: dict[str, NamedSharding]) -> list[dict]:
-    """`train.eval_batches` global batches drawn once with data seed + 1 (evaluation data)."""
-    data = dataclasses.replace(cfg.data, seed=cfg.data.seed + 1)
-    stream = BatchStream(dataclasses.replace(cfg, data=data))
+    """`train.eval_batches` global batches drawn once from `eval_data`."""
+    stream = BatchStream(dataclasses.replace(cfg, data=eval_data(cfg)))
     return [global_batch(next(stream), shardings) for _ in range(cfg.train.eval_batches)]
 
 
