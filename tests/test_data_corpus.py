@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emo_jax.config import Config, DataConfig, TrainConfig
+from emo_jax.config import Config, ConfigError, DataConfig, TrainConfig, load_config
 from emo_jax.data import records, synth
 from emo_jax.data.faces import box_iou
 from emo_jax.data.pipeline import YIQ, make_loader, rotate_hue
 from emo_jax.data.preprocess import preprocess
 from emo_jax.data.video import VideoWriter
+from emo_jax.errors import InputError
 from emo_jax.train.data import eval_data
 
 RES = 64
@@ -198,6 +199,14 @@ def test_eval_data_is_the_named_corpus_unaugmented(corpus):
     (evaluation,) = _take(make_loader(eval_data(cfg), 0, 1), 1)
     (plain,) = _take(make_loader(_cfg(corpus[1], seed=3), 0, 1), 1)
     assert all(np.array_equal(evaluation[k], plain[k]) for k in plain)
+
+
+def test_bad_hue_augment_and_missing_eval_corpus(corpus):
+    with pytest.raises(ConfigError, match=r"data.hue_augment: 1.5 is not in \[0, 1\]"):
+        load_config(None, ["data.hue_augment=1.5"])
+    cfg = Config(data=_cfg(corpus[1]), train=TrainConfig(eval_shards=str(corpus[0] / "none")))
+    with pytest.raises(InputError, match="none/manifest.json: no manifest"):
+        make_loader(eval_data(cfg), 0, 1)
 
 
 def test_same_seed_same_batches(corpus):
