@@ -2,10 +2,11 @@
 
 Builds (once, cached) a small synthetic corpus per resolution with `emo-jax synth` and
 `emo-jax preprocess`'s library calls, then times the DataLoader in video mode (4 motion + 12
-target frames, reference, audio, mask, speed) and image mode, with 0 and 2 worker processes.
+target frames, reference, audio, mask, speed) and image mode, with 0 and 2 worker processes,
+plain and, with --hue-augment P, with that fraction of examples hue-turned.
 
     python bench/bench_data.py                       # both resolutions
-    python bench/bench_data.py --resolutions 128 --batches 20
+    python bench/bench_data.py --resolutions 128 --batches 20 --hue-augment 1
 """
 
 from __future__ import annotations
@@ -29,13 +30,20 @@ def build(root: Path, resolution: int) -> Path:
     return out
 
 
-def throughput(shards: Path, resolution: int, mode: str, workers: int, batches: int) -> float:
+def throughput(
+    shards: Path, resolution: int, mode: str, workers: int, batches: int, hue: float
+) -> float:
     from emo_jax.config import DataConfig
     from emo_jax.data.pipeline import make_loader
 
     batch = 4 if mode == "video" else 16
     cfg = DataConfig(
-        shards=str(shards), resolution=resolution, mode=mode, batch_size=batch, worker_count=workers
+        shards=str(shards),
+        resolution=resolution,
+        mode=mode,
+        batch_size=batch,
+        worker_count=workers,
+        hue_augment=hue,
     )
     it = iter(make_loader(cfg, 0, 1))
     for _ in range(3):  # warm-up: worker start-up, first reads
@@ -50,18 +58,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--hue-augment", type=float, default=0.0, help="also time this fraction")
     parser.add_argument(
         "--cache", default=os.path.join(tempfile.gettempdir(), "emo_jax_bench_data")
     )
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}")
-    print(f"{'resolution':>10} {'mode':>6} {'workers':>8} {'examples/s':>11}")
+    print(f"{'resolution':>10} {'mode':>6} {'workers':>8} {'hue':>5} {'examples/s':>11}")
+    hues = [0.0] + ([args.hue_augment] if args.hue_augment else [])
     for res in args.resolutions:
         shards = build(Path(args.cache), res)
         for mode in ("video", "image"):
             for workers in (0, 2):
-                rate = throughput(shards, res, mode, workers, args.batches)
-                print(f"{res:>10} {mode:>6} {workers:>8} {rate:>11.1f}", flush=True)
+                for hue in hues:
+                    rate = throughput(shards, res, mode, workers, args.batches, hue)
+                    print(f"{res:>10} {mode:>6} {workers:>8} {hue:>5.2f} {rate:>11.1f}", flush=True)
 
 
 if __name__ == "__main__":
