@@ -511,6 +511,7 @@ class TrainConfig:
     steps: int = 30000  # optimizer steps of this stage
     learning_rate: float = 1e-5  # the paper, all stages
     warmup_steps: int = 0  # linear warm-up from 0, then constant
+    decay_steps: int = 0  # the last decay_steps: linearly down to 0 (0: constant to the end)
     weight_decay: float = 0.01  # AdamW (diffusers' default)
     adam_b1: float = 0.9
     adam_b2: float = 0.999
@@ -532,6 +533,13 @@ class TrainConfig:
     kl_weight: float = 1e-6  # stage 0: weight of the KL term beside the L1 reconstruction
     face_weight: float = 0.0  # stage 0: extra L1 weight inside the face mask (1 + w there)
     vae_trainable: tuple[str, ...] = ("encoder", "decoder")  # stage 0: the parts that train
+
+    def __post_init__(self):
+        if self.warmup_steps + self.decay_steps > self.steps:
+            raise ConfigError(
+                f"train.warmup_steps {self.warmup_steps} + train.decay_steps {self.decay_steps}"
+                f" exceed train.steps {self.steps}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

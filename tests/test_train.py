@@ -22,6 +22,7 @@ from emo_jax.parallel.mesh import axis_sizes, make_mesh
 from emo_jax.parallel.sharding import spec_for
 from emo_jax.train.data import BatchStream, global_batch
 from emo_jax.train.metrics import step_seconds
+from emo_jax.train.optimizer import learning_rate
 from emo_jax.train.setup import build
 from emo_jax.train.stages import load_matching, merge, split, validate
 from emo_jax.train.step import _micro_batches, init_state
@@ -66,6 +67,32 @@ def test_validate_names_the_problem():
     with pytest.raises(ConfigError, match="use_temporal"):
         validate(cfg, abstract_params(EMOModel(cfg.model)))
     assert main(["train", "--config", "configs/train/tiny_stage1.yaml", "train.trainable=[x]"]) == 2
+
+
+def test_learning_rate_warms_up_holds_and_decays_to_zero(capsys):
+    train = load_config(
+        "configs/train/tiny_stage1.yaml",
+        [
+            "train.learning_rate=1.0e-3",
+            "train.steps=100",
+            "train.warmup_steps=10",
+            "train.decay_steps=40",
+        ],
+    ).train
+    lr = learning_rate(train)
+    expected = {0: 0.0, 5: 5e-4, 10: 1e-3, 60: 1e-3, 70: 7.5e-4, 90: 2.5e-4, 100: 0.0}
+    assert {k: float(lr(k)) for k in expected} == pytest.approx(expected, abs=1e-9)
+    constant = learning_rate(dataclasses.replace(train, warmup_steps=0, decay_steps=0))
+    assert float(constant(0)) == float(constant(100)) == pytest.approx(1e-3)
+    with pytest.raises(ConfigError, match="warmup_steps 10 \\+ train.decay_steps 91 exceed"):
+        load_config(
+            "configs/train/tiny_stage1.yaml",
+            ["train.steps=100", "train.warmup_steps=10", "train.decay_steps=91"],
+        )
+    args = ["train", "--config", "configs/train/tiny_stage1.yaml", "train.decay_steps=100000"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "decay_steps 100000 exceed train.steps" in err
 
 
 class _NoData:

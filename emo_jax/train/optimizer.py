@@ -1,5 +1,6 @@
-"""AdamW with linear warm-up to a constant learning rate and global-norm clipping, and the
-update that is skipped when the loss or the gradient is not finite."""
+"""AdamW with linear warm-up to a constant learning rate (optionally decaying linearly to 0 at
+the end) and global-norm clipping, and the update that is skipped when the loss or the gradient
+is not finite."""
 
 from __future__ import annotations
 
@@ -13,16 +14,17 @@ from emo_jax.config import TrainConfig
 
 
 def learning_rate(cfg: TrainConfig) -> optax.Schedule:
-    """0 -> learning_rate over warmup_steps, then constant (the paper: 1e-5 in every stage)."""
-    if cfg.warmup_steps <= 0:
-        return optax.constant_schedule(cfg.learning_rate)
-    return optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps),
-            optax.constant_schedule(cfg.learning_rate),
-        ],
-        [cfg.warmup_steps],
-    )
+    """0 -> learning_rate over warmup_steps, then constant (the paper: 1e-5 in every stage), then
+    linearly -> 0 over the last decay_steps of the stage's steps."""
+    pieces, boundaries = [], []
+    if cfg.warmup_steps > 0:
+        pieces.append(optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps))
+        boundaries.append(cfg.warmup_steps)
+    pieces.append(optax.constant_schedule(cfg.learning_rate))
+    if cfg.decay_steps > 0:
+        pieces.append(optax.linear_schedule(cfg.learning_rate, 0.0, cfg.decay_steps))
+        boundaries.append(cfg.steps - cfg.decay_steps)
+    return optax.join_schedules(pieces, boundaries) if boundaries else pieces[0]
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
