@@ -8,12 +8,11 @@ Browser set-up (Debian): apt-get install -y chromium chromium-driver; pip instal
 (docs/app.png, the page with the built-in model, comes from tools/app_screenshot.py.)"""
 
 import ipaddress
-import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
-import time
 import urllib.request
 import warnings
 from pathlib import Path
@@ -34,7 +33,8 @@ from emo_jax.cli import build_parser  # noqa: E402
 from emo_jax.pipeline import EMOPipeline, RandomWeightsWarning  # noqa: E402
 from emo_jax.pipeline.loading import TINY_CONFIG  # noqa: E402
 
-ASSETS = Path(__file__).resolve().parents[1] / "emo_jax" / "assets"
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "emo_jax" / "assets"
 PORTRAIT = ASSETS / "portrait.png"
 # steps, sampler, guidance, audio guidance (0: off), speed, seed, clip frames, resolution
 OPTIONS = (2, "ddim", 3.5, 0.0, 0.5, 0, 8, 64)
@@ -233,49 +233,27 @@ def test_progress_over_clips_and_steps(pipe, files, tmp_path):
 
 @pytest.fixture(scope="module")
 def browser():
-    webdriver = pytest.importorskip(
+    pytest.importorskip(
         "selenium.webdriver", reason="selenium is not installed (pip install selenium)"
     )
-    from selenium.webdriver.chrome.service import Service
+    sys.path.insert(0, str(ROOT / "tools"))
+    from app_screenshot import MISSING, chromium
 
-    binary = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
-    driver = shutil.which("chromedriver")
-    if binary is None or driver is None:
-        pytest.skip(
-            "Chromium or its driver is not installed (apt-get install -y chromium chromium-driver)"
-        )
-    os.environ.setdefault("SE_AVOID_STATS", "true")  # no Selenium Manager usage statistics
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
     profile = tempfile.mkdtemp(prefix="emo_jax_chromium_")
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,1300",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    chrome = chromium(profile)
+    if chrome is None:
+        shutil.rmtree(profile, ignore_errors=True)
+        pytest.skip(MISSING)
     yield chrome
     chrome.quit()
     shutil.rmtree(profile, ignore_errors=True)
 
 
 def _wait(fn, timeout: float, what: str):
-    """fn()'s first truthy value, polled until `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    """fn()'s first truthy value, polled until `timeout` seconds (tools/app_screenshot.py)."""
+    from app_screenshot import wait
+
+    return wait(fn, timeout, what)
 
 
 def _open_and_upload(chrome, url: str, image: Path, audio: Path) -> None:

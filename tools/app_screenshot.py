@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import shutil
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from selenium import webdriver
@@ -29,26 +32,43 @@ from emo_jax.pipeline import EMOPipeline
 VIDEO_READY = "const v = document.querySelector('#video video'); return !!v && v.readyState >= 2;"
 
 
-def chromium(profile: str) -> webdriver.Chrome:
+MISSING = "Chromium or its driver is not installed (apt-get install -y chromium chromium-driver)"
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,1300",
+)
+
+
+def chromium(profile: str) -> webdriver.Chrome | None:
+    """Headless Chromium with its user data in `profile` (also tests/test_app.py's browser);
+    None if Chromium or its driver is not installed."""
     binary = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
     driver = shutil.which("chromedriver")
     if binary is None or driver is None:
-        sys.exit("Chromium or its driver is missing (apt-get install -y chromium chromium-driver)")
+        return None
+    os.environ.setdefault("SE_AVOID_STATS", "true")  # no Selenium Manager usage statistics
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1300"):
+    for flag in (*FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={profile}")
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def wait(condition, seconds: float, what: str):
+def wait(condition: Callable[[], Any], seconds: float, what: str) -> Any:
+    """condition()'s first truthy value, polled until `seconds` have passed."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if value := condition():
             return value
-        time.sleep(0.5)
-    sys.exit(f"timed out after {seconds:.0f} s waiting for {what}")
+        time.sleep(0.25)
+    raise TimeoutError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
 def main() -> None:
@@ -61,6 +81,9 @@ def main() -> None:
     app = launch(EMOPipeline.from_pretrained(), "127.0.0.1", port, block=False)
     profile = tempfile.mkdtemp(prefix="emo_jax_chromium_")
     browser = chromium(profile)
+    if browser is None:
+        app.close()
+        sys.exit(MISSING)
     try:
         browser.get(f"http://127.0.0.1:{port}/")
         wait(lambda: browser.find_elements(By.ID, "generate"), 60, "the page")
