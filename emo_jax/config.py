@@ -535,6 +535,9 @@ class TrainConfig:
     vae_trainable: tuple[str, ...] = ("encoder", "decoder")  # stage 0: the parts that train
 
     def __post_init__(self):
+        for name in ("warmup_steps", "decay_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}: {getattr(self, name)} is negative")
         if self.warmup_steps + self.decay_steps > self.steps:
             raise ConfigError(
                 f"train.warmup_steps {self.warmup_steps} + train.decay_steps {self.decay_steps}"

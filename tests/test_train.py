@@ -89,6 +89,8 @@ def test_learning_rate_warms_up_holds_and_decays_to_zero(capsys):
             "configs/train/tiny_stage1.yaml",
             ["train.steps=100", "train.warmup_steps=10", "train.decay_steps=91"],
         )
+    with pytest.raises(ConfigError, match="train.decay_steps: -1 is negative"):
+        load_config("configs/train/tiny_stage1.yaml", ["train.decay_steps=-1"])
     args = ["train", "--config", "configs/train/tiny_stage1.yaml", "train.decay_steps=100000"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()

@@ -83,6 +83,7 @@ def main() -> None:
     browser = chromium(profile)
     if browser is None:
         app.close()
+        shutil.rmtree(profile, ignore_errors=True)
         sys.exit(MISSING)
     try:
         browser.get(f"http://127.0.0.1:{port}/")
