@@ -34,6 +34,7 @@ from emo_jax.pipeline import EMOPipeline, RandomWeightsWarning  # noqa: E402
 from emo_jax.pipeline.loading import TINY_CONFIG  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))  # app_screenshot: the browser (imported when used)
 ASSETS = ROOT / "emo_jax" / "assets"
 PORTRAIT = ASSETS / "portrait.png"
 # steps, sampler, guidance, audio guidance (0: off), speed, seed, clip frames, resolution
@@ -236,7 +237,6 @@ def browser():
     pytest.importorskip(
         "selenium.webdriver", reason="selenium is not installed (pip install selenium)"
     )
-    sys.path.insert(0, str(ROOT / "tools"))
     from app_screenshot import MISSING, chromium
 
     profile = tempfile.mkdtemp(prefix="emo_jax_chromium_")
