@@ -232,6 +232,10 @@ def test_recipes_list_every_stage_on_their_own_data(recipe):
     assert (s2.init_from, s3.init_from) == (s1.out_dir, s2.out_dir)
     shards = steps["preprocess"][steps["preprocess"].index("--out") + 1]
     assert all(load_config(c).data.shards == shards for c in configs)
+    if "heldout_processed" in steps:  # stages 1 and 2 report their loss on the held-out people
+        argv = steps["heldout_processed"]
+        assert argv[argv.index("--videos") + 1] in steps["evaluate"]
+        assert s1.eval_shards == s2.eval_shards == argv[argv.index("--out") + 1]
     assert load_config(configs[1]).data.resolution >= 96
     model = load_config(configs[1]).model
     assert model.unet.sample_size * 2 ** (len(model.vae.block_out_channels) - 1) == 96
