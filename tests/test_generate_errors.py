@@ -42,6 +42,15 @@ def test_missing_image(capsys, tmp_path):
     assert "nope.png: image file not found" in line
 
 
+def test_missing_image_with_the_example_audio(capsys, tmp_path):
+    out = tmp_path / "video.mp4"
+    assert main(["generate", "--image", str(tmp_path / "nope.png"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"emo-jax generate: using the example audio {ASSETS / 'speech.wav'}"
+    assert err[1:] == [f"emo-jax generate: error: {tmp_path / 'nope.png'}: image file not found"]
+    assert not out.exists()
+
+
 def test_unreadable_image(capsys, tmp_path):
     (tmp_path / "text.png").write_text("not an image")
     line = run_bad(capsys, tmp_path, "--image", str(tmp_path / "text.png"), "--audio", AUDIO)

@@ -113,8 +113,13 @@ def run(args: argparse.Namespace) -> int:
 
     image = args.image or EXAMPLE_IMAGE
     audio = args.audio or EXAMPLE_AUDIO
-    if not (args.image and args.audio):
-        print(f"emo-jax generate: using example input(s) {image}, {audio}", file=sys.stderr)
+    defaulted = [
+        f"{kind} {path}"
+        for kind, given, path in (("image", args.image, image), ("audio", args.audio, audio))
+        if not given
+    ]
+    if defaulted:
+        print(f"emo-jax generate: using the example {' and '.join(defaulted)}", file=sys.stderr)
     bar = None
 
     def progress(clip: int, clips: int, step: int, steps: int) -> None:
