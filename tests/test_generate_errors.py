@@ -16,8 +16,9 @@ ASSETS = Path(__file__).resolve().parents[1] / "emo_jax" / "assets"
 IMAGE, AUDIO = str(ASSETS / "portrait.png"), str(ASSETS / "speech.wav")
 
 
-def run_bad(capsys, tmp_path: Path, *args: str) -> str:
-    """Runs generate with `args`; checks exit 2, one error line, no traceback, no files."""
+def run_bad_stderr(capsys, tmp_path: Path, *args: str) -> list[str]:
+    """Runs generate with `args`; checks exit 2, one error line, no traceback, no files; returns
+    its stderr lines."""
     out = tmp_path / "out"
     out.mkdir()
     code = main(["generate", "--out", str(out / "video.mp4"), "--resolution", "64", *args])
@@ -26,7 +27,13 @@ def run_bad(capsys, tmp_path: Path, *args: str) -> str:
     errors = [line for line in err.splitlines() if line.startswith("emo-jax generate: error:")]
     assert len(errors) == 1 and "Traceback" not in err, err
     assert list(out.iterdir()) == []
-    return errors[0]
+    return err.splitlines()
+
+
+def run_bad(capsys, tmp_path: Path, *args: str) -> str:
+    """run_bad_stderr's error line."""
+    lines = run_bad_stderr(capsys, tmp_path, *args)
+    return next(x for x in lines if x.startswith("emo-jax generate: error:"))
 
 
 @pytest.fixture
@@ -43,12 +50,9 @@ def test_missing_image(capsys, tmp_path):
 
 
 def test_missing_image_with_the_example_audio(capsys, tmp_path):
-    out = tmp_path / "video.mp4"
-    assert main(["generate", "--image", str(tmp_path / "nope.png"), "--out", str(out)]) == 2
-    err = capsys.readouterr().err.splitlines()
+    err = run_bad_stderr(capsys, tmp_path, "--image", str(tmp_path / "nope.png"))
     assert err[0] == f"emo-jax generate: using the example audio {ASSETS / 'speech.wav'}"
     assert err[1:] == [f"emo-jax generate: error: {tmp_path / 'nope.png'}: image file not found"]
-    assert not out.exists()
 
 
 def test_unreadable_image(capsys, tmp_path):
