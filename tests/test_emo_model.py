@@ -14,12 +14,12 @@ from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from emo_jax.audio.features import window_frames
-from emo_jax.checkpoint.convert import ConversionError, torch_to_flax
-from emo_jax.checkpoint.emo_parts import init_from_pretrained
 from emo_jax.config import load_config, to_dict
+from emo_jax.interop.emo_parts import init_from_pretrained
 from emo_jax.models.emo import EMOModel, abstract_params, encode_reference, init_params
 from emo_jax.models.inventory import COMPONENTS, emo_counts
 from emo_jax.nn.temporal import TemporalTransformer
+from emo_jax.weights.convert import ConversionError, torch_to_flax
 
 B, F, N, S = 1, 5, 2, 16  # batch, frames, motion frames, latent size
 CFG = load_config("configs/model/tiny.yaml").model

@@ -22,9 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from emo_jax.audio.encoders import window_shape
 from emo_jax.config import AudioConfig, ModelConfig
-from emo_jax.models.audio_proj import AudioProjection
+from emo_jax.models.audio_proj import AudioProjection, window_shape
 from emo_jax.models.face_locator import FaceLocator
 from emo_jax.models.speed import SpeedEncoder
 from emo_jax.models.unet import MOTION, UNet2DConditionModel

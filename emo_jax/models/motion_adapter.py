@@ -10,10 +10,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from emo_jax.checkpoint import pretrained
 from emo_jax.config import EMOConfig, MotionAdapterConfig, UNetConfig
 from emo_jax.nn.temporal import TemporalTransformer
 from emo_jax.nn.transformer import sinusoidal_positions
+from emo_jax.weights import pretrained
 
 
 def _per_block(value: Any, n: int) -> tuple:

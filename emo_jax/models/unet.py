@@ -14,13 +14,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from emo_jax.checkpoint import pretrained
 from emo_jax.config import TemporalConfig, UNetConfig
 from emo_jax.nn.activations import get_activation
 from emo_jax.nn.embeddings import TimestepEmbedding, timestep_embedding
 from emo_jax.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D, conv, group_norm
 from emo_jax.nn.temporal import TemporalTransformer
 from emo_jax.nn.transformer import Transformer2DModel
+from emo_jax.weights import pretrained
 
 MOTION = "motion"  # the collection ReferenceNet writes its motion-frame features to
 
