@@ -28,11 +28,25 @@ def atomic_folder(folder: str | Path, overwrite: bool = True) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
         yield tmp
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        replace_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_folder(new: Path, folder: Path) -> None:
+    """Renames `new` to `folder`. An existing `folder` is renamed aside first and deleted only
+    once `new` is in place; if that fails it is renamed back."""
+    if not folder.exists():
+        new.rename(folder)
+        return
+    old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
+    folder.rename(old)  # onto the empty folder mkdtemp made: a name nothing else takes
+    try:
+        new.rename(folder)
+    except BaseException:
+        old.rename(folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

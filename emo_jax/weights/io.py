@@ -1,6 +1,7 @@
 """Reading and writing PyTorch-format weight files as dicts of numpy arrays.
 
 `.safetensors` needs no torch; `.bin/.ckpt/.pth/.pt` use torch with `weights_only=True`.
+bfloat16 is numpy's through `ml_dtypes` (importing it registers the type that safetensors reads).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from emo_jax.errors import InputError
@@ -96,6 +98,7 @@ def find_weights(folder: Path, stems: tuple[str, ...]) -> Path:
 _DTYPES = {
     np.dtype(np.float32): "F32",
     np.dtype(np.float16): "F16",
+    np.dtype(ml_dtypes.bfloat16): "BF16",
     np.dtype(np.float64): "F64",
     np.dtype(np.int64): "I64",
     np.dtype(np.int32): "I32",
