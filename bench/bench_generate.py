@@ -186,7 +186,7 @@ def bench_step(latent: int, repeats: int) -> None:
 
 
 def bench_flops(latent: int, steps: int | None) -> None:
-    from emo_jax.pipeline.loading import abstract_params as all_params
+    from emo_jax.models.inventory import bundle_abstract as all_params
 
     cfg, fns, step, args, (ref, motion) = step_pieces(latent)
     steps = steps or cfg.diffusion.num_inference_steps

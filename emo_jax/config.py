@@ -499,7 +499,7 @@ class TrainConfig:
     """
 
     stage: int = 1  # 0 autoencoder (model.vae), 1 image, 2 video (temporal + audio), 3 speed
-    trainable: tuple[str, ...] = ("reference_net", "backbone_spatial", "face_locator")
+    trainable: tuple[str, ...] = ("reference_unet", "denoising_unet", "face_locator")
     out_dir: str = "runs/stage1"  # checkpoints/, tb/, samples/, metrics.jsonl, bundle/
     init_from: str | None = None  # previous stage: bundle or run folder; stage 0: a VAE folder
     sd15_unet: str | None = None  # diffusers SD1.5 UNet or pipeline folder -> both UNets

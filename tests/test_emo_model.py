@@ -103,7 +103,7 @@ def test_shapes_and_components(trained):
     counts = emo_counts(trained)
     assert set(counts) == set(COMPONENTS)
     # ReferenceNet = backbone without its output head and cross-attention (norm2 included)
-    assert counts["reference_net"] < counts["backbone_spatial"]
+    assert counts["reference_unet"] < counts["denoising_unet"]
 
 
 @pytest.mark.parametrize("layer", ["use_audio", "use_temporal", "use_speed", "use_face_locator"])

@@ -29,9 +29,9 @@ from emo_jax.train.step import _micro_batches, init_state
 from emo_jax.train.weights import initial_params, load_vae, previous_stage_params
 
 STAGES = {
-    1: ({"reference_net", "backbone_spatial", "face_locator"}, "image", (False, False, False)),
-    2: ({"temporal", "audio_attention", "audio_projection"}, "video", (True, True, False)),
-    3: ({"temporal", "speed"}, "video", (True, True, True)),
+    1: ({"reference_unet", "denoising_unet", "face_locator"}, "image", (False, False, False)),
+    2: ({"motion_modules", "audio_attention", "audio_proj"}, "video", (True, True, False)),
+    3: ({"motion_modules", "speed_encoder"}, "video", (True, True, True)),
 }
 
 
@@ -60,7 +60,7 @@ def test_stage_configs_follow_the_paper(stage, prefix):
 
 
 def test_validate_names_the_problem():
-    cfg = load_config("configs/train/tiny_stage2.yaml", ["train.trainable=[speed]"])
+    cfg = load_config("configs/train/tiny_stage2.yaml", ["train.trainable=[speed_encoder]"])
     with pytest.raises(ConfigError, match="speed.*not in this model"):
         validate(cfg, abstract_params(EMOModel(cfg.model)))
     cfg = load_config("configs/train/tiny_stage2.yaml", ["data.mode=image"])
@@ -107,11 +107,11 @@ class _NoData:
 def test_split_merge_and_next_stage_loading(tmp_path):
     stage1 = abstract_params(EMOModel(load_config("configs/train/tiny_stage1.yaml").model))
     stage2 = abstract_params(EMOModel(load_config("configs/train/tiny_stage2.yaml").model))
-    train, frozen = split(stage2, ("temporal", "audio_attention", "audio_projection"))
+    train, frozen = split(stage2, ("motion_modules", "audio_attention", "audio_proj"))
     assert {component_of(p) for p in flatten_dict(train)} == {
-        "temporal",
+        "motion_modules",
         "audio_attention",
-        "audio_projection",
+        "audio_proj",
     }
     assert flatten_dict(merge(train, frozen)).keys() == flatten_dict(stage2).keys()
 
@@ -124,15 +124,15 @@ def test_split_merge_and_next_stage_loading(tmp_path):
     # counted as backbone by the inventory; absent in stage 1, which has no cross-attention)
     new = {p for p in report.initialised if not p.endswith(("norm2/scale", "norm2/bias"))}
     assert {component_of(tuple(p.split("/"))) for p in new} == {
-        "temporal",
+        "motion_modules",
         "audio_attention",
-        "audio_projection",
+        "audio_proj",
     }
     for path, v in flat.items():
         assert v.all() == ("/".join(path) not in report.initialised), path
 
     # a stage-1 run folder: its latest checkpoint's EMA (else params) + frozen params
-    t1, f1 = split(ones, ("reference_net",))
+    t1, f1 = split(ones, ("reference_unet",))
     state = {"params": jax.tree_util.tree_map(lambda x: 2 * x, t1), "ema": t1, "step": np.int32(1)}
     ckpts = Checkpoints(tmp_path / "checkpoints")
     ckpts.save(1, {"state": state, "frozen": f1}, _NoData())
@@ -197,7 +197,7 @@ def stage3(tmp_path_factory):
 def test_frozen_params_have_no_optimizer_state_nor_step_memory(stage3):
     cfg, setup = stage3
     trainable = flatten_dict(setup.abstract_state.params)
-    assert {component_of(p) for p in trainable} == {"temporal", "speed"}
+    assert {component_of(p) for p in trainable} == {"motion_modules", "speed_encoder"}
     params = _bytes(setup.abstract_state.params)
     # AdamW's two moments (and a step count): of the trainable params only
     assert 2 * params <= _bytes(setup.abstract_state.opt_state) <= 2 * params + 64
