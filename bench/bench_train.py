@@ -77,13 +77,13 @@ def measure(config: str, overrides: list[str], steps: int) -> dict:
     state_sh, _, vae_sh, _ = setup.shardings
     params, _ = initial_params(cfg, setup.model, setup.param_shardings)
     trainable, frozen = split(params, cfg.train.trainable)
-    state = jax.jit(lambda p: init_state(p, setup.optimizer, cfg), out_shardings=state_sh)(
+    state = jax.jit(lambda p: init_state(p, setup.optimizer, cfg.train), out_shardings=state_sh)(
         trainable
     )
     vae = jax.device_put(load_vae(cfg, setup.vae), vae_sh)
     t0 = time.perf_counter()
     compiled = setup.step.lower(
-        setup.abstract_state, setup.abstract_frozen, setup.abstract_vae, setup.abstract_batch
+        setup.abstract_state, setup.abstract_frozen, setup.abstract_inputs, setup.abstract_batch
     ).compile()
     compile_s = time.perf_counter() - t0
     batches = [_random_batch(setup, i) for i in range(2)]
@@ -174,7 +174,7 @@ def full_memory(stage: int, mesh: str, overrides: list[str]) -> dict:
     setup = build(cfg, make_mesh(cfg.parallel))
     t0 = time.perf_counter()
     compiled = setup.step.lower(
-        setup.abstract_state, setup.abstract_frozen, setup.abstract_vae, setup.abstract_batch
+        setup.abstract_state, setup.abstract_frozen, setup.abstract_inputs, setup.abstract_batch
     ).compile()
     mem = compiled.memory_analysis()
     state = setup.abstract_state
@@ -187,7 +187,7 @@ def full_memory(stage: int, mesh: str, overrides: list[str]) -> dict:
         "optimizer_mib": _per_device(state.opt_state) / MIB,
         "ema_mib": _per_device(state.ema) / MIB,
         "frozen_mib": _per_device(setup.abstract_frozen) / MIB,
-        "vae_mib": _per_device(setup.abstract_vae) / MIB,
+        "vae_mib": _per_device(setup.abstract_inputs) / MIB,
         "batch_mib": _per_device(setup.abstract_batch) / MIB,
         "temp_mib": mem.temp_size_in_bytes / MIB,
         "peak_mib": (

@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs/train/tiny_stage3.yaml")
+CONFIG = str(REPO / "configs/train/tiny.yaml")
 # One UNet level without a mid block, an 8-channel VAE, 16 mel bins; batch 16 in two
 # micro-batches of 8 (so 8 data-parallel devices get a row each); 2 motion + 4 target frames.
 OVERRIDES = [
+    "train.stage=3",
     "model.unet.block_out_channels=[16]",
     "model.unet.down_block_types=[CrossAttnDownBlock2D]",
     "model.unet.up_block_types=[CrossAttnUpBlock2D]",
@@ -48,14 +49,15 @@ def make_corpus(root: Path) -> Path:
     """Synthetic videos (2 people x 3 s, 64 px) preprocessed at 32 px; built once per folder."""
     out = root / "processed"
     if not (out / "manifest.json").is_file():
-        from emo_jax.config import DataConfig
+        from emo_jax.config import Config, DataConfig
         from emo_jax.data import synth
         from emo_jax.data.preprocess import preprocess
 
         synth.make_corpus(
             root / "videos", identities=2, seconds=3.0, size=64, progress=False, workers=1
         )
-        preprocess(root / "videos", out, DataConfig(shards=str(out), resolution=32), 1, False)
+        data = DataConfig(shards=str(out), resolution=32)
+        preprocess(root / "videos", out, Config(data=data), 1, False)
     return out
 
 
@@ -148,7 +150,7 @@ def _meshes(out: Path, corpus: Path) -> None:
     }
     setups = {k: build(c, make_mesh(c.parallel)) for k, c in configs.items()}
     lowered = [
-        s.step.lower(s.abstract_state, s.abstract_frozen, s.abstract_vae, s.abstract_batch)
+        s.step.lower(s.abstract_state, s.abstract_frozen, s.abstract_inputs, s.abstract_batch)
         for s in setups.values()
     ]
     with ThreadPoolExecutor(len(lowered)) as pool:  # XLA compiles without the GIL
@@ -162,7 +164,7 @@ def _meshes(out: Path, corpus: Path) -> None:
         trainable, frozen = split(
             jax.device_put(params, setup.param_shardings), cfg.train.trainable
         )
-        init = functools.partial(init_state, optimizer=setup.optimizer, cfg=cfg)
+        init = functools.partial(init_state, optimizer=setup.optimizer, cfg=cfg.train)
         state = jax.jit(init, out_shardings=state_sh)(trainable)
         vae_params, data, losses = jax.device_put(vae, vae_sh), BatchStream(cfg), {}
         for step in (1, 2):

@@ -10,7 +10,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("preprocess", help="videos folder -> training shards (faces, audio, speed)")
     p.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
     p.add_argument("--out", required=True, help="output folder (resumable)")
-    p.add_argument("--config", help="YAML config; its data section is used")
+    p.add_argument(
+        "--config", help="YAML config: its data section, and model.audio's frame and sample rate"
+    )
     p.add_argument("--resolution", type=int, help="crop size (overrides data.resolution)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.resolution is not None:
         overrides.append(f"data.resolution={args.resolution}")
-    cfg = load_config(args.config, overrides).data
+    cfg = load_config(args.config, overrides)
     manifest = preprocess(args.videos, args.out, cfg, args.workers, not args.no_progress)
     counts = manifest["counts"]
     print(

@@ -15,9 +15,11 @@ import dataclasses
 
 import numpy as np
 
+from emo_jax.config import AudioConfig
+
 SENTENCE = "Hello! I am a talking portrait, made from a single photo."
 SIDE = 256
-SAMPLE_RATE = 16000
+SAMPLE_RATE = AudioConfig.sample_rate  # the default model's (speech.wav's)
 FACE_IDENTITY = 3  # held-out identity index (seed HELDOUT_SEED_BASE + 3)
 PAD = SAMPLE_RATE // 10  # silence kept before and after the speech
 

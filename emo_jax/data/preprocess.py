@@ -28,7 +28,7 @@ import numpy as np
 
 from emo_jax.audio.io import load_audio
 from emo_jax.checkpoint.torch_io import write_json
-from emo_jax.config import DataConfig
+from emo_jax.config import Config, clip_spec
 from emo_jax.data import records
 from emo_jax.data.faces import fill_track, make_detector, stable_crop
 from emo_jax.data.pose import POSE_ESTIMATORS, integrate, speeds_from_omegas
@@ -56,8 +56,12 @@ class Settings:
     min_frames: int
 
     @classmethod
-    def from_config(cls, cfg: DataConfig) -> Settings:
-        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+    def from_config(cls, cfg: Config) -> Settings:
+        """config.data's settings; frame and sample rate: config.model's (`clip_spec`)."""
+        clip = clip_spec(cfg.model)
+        rates = {"fps": clip.fps, "sample_rate": clip.sample_rate}
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in rates]
+        return cls(**rates, **{name: getattr(cfg.data, name) for name in names})
 
 
 def video_id(rel: Path) -> str:
@@ -251,11 +255,12 @@ def build_manifest(results: list[dict], settings: Settings, found: int) -> dict:
 def preprocess(
     videos_dir: str | Path,
     out_dir: str | Path,
-    cfg: DataConfig,
+    cfg: Config,
     workers: int = 1,
     progress: bool = True,
 ) -> dict:
-    """Preprocesses every video under `videos_dir` into `out_dir`; returns the manifest."""
+    """Preprocesses every video under `videos_dir` into `out_dir` with `cfg.data`'s settings
+    at `cfg.model`'s frame and sample rate; returns the manifest."""
     from tqdm import tqdm
 
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)

@@ -40,10 +40,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emo_jax.data.examples import SAMPLE_RATE
 from emo_jax.data.pose import rotation, rotation_speed
 from emo_jax.data.video import FPS, VideoWriter
 
-SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 BROW_V, EYE_V, NOSE_V, MOUTH_V = -0.2, 0.02, 0.33, 0.55  # heights on the face, chin = 1

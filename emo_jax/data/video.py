@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from emo_jax.config import AudioConfig
 from emo_jax.errors import InputError
 
-FPS = 25
+FPS = round(AudioConfig.fps)  # the default model's frame rate
 
 
 class CorruptVideoError(InputError):
