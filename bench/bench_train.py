@@ -120,7 +120,7 @@ def tiny(steps: int) -> None:
         f"{'step ms':>8} {'examples/s':>10} {'peak MiB':>8}"
     )
     for stage in (1, 2, 3):
-        r = measure(str(REPO / f"configs/train/tiny_stage{stage}.yaml"), [], steps)
+        r = measure(str(REPO / "configs/train/tiny.yaml"), [f"train.stage={stage}"], steps)
         print(
             f"{stage:>5} {r['batch']:>5} {r['trainable_params']:>10,} {r['frozen_params']:>9,} "
             f"{r['compile_s']:>9.1f} {r['step_ms']:>8.1f} {r['examples_per_s']:>10.1f} "
@@ -152,7 +152,8 @@ def scaling(steps: int, per_device: int) -> None:
     for n in (1, 2, 4, 8):
         over = [f"data.batch_size={per_device * n}", "parallel.data=-1"]
         r = _subprocess(
-            ["_measure", str(REPO / "configs/train/tiny_stage3.yaml"), str(steps), *over], n
+            ["_measure", str(REPO / "configs/train/tiny.yaml"), str(steps), "train.stage=3", *over],
+            n,
         )
         print(
             f"{n:>7} {r['batch']:>5} {r['compile_s']:>9.1f} {r['step_ms']:>8.1f} "
@@ -170,7 +171,8 @@ def full_memory(stage: int, mesh: str, overrides: list[str]) -> dict:
 
     sizes = [int(s) for s in mesh.split("x")] + [1]
     over = [f"parallel.data={sizes[0]}", f"parallel.fsdp={sizes[1]}", f"parallel.tensor={sizes[2]}"]
-    cfg = load_config(str(REPO / f"configs/train/stage{stage}.yaml"), [*over, *overrides])
+    paper = str(REPO / "configs/train/paper.yaml")
+    cfg = load_config(paper, [f"train.stage={stage}", *over, *overrides])
     setup = build(cfg, make_mesh(cfg.parallel))
     t0 = time.perf_counter()
     compiled = setup.step.lower(

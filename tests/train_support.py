@@ -124,9 +124,46 @@ def checkpoint_params(run: Path, step: int) -> dict:
     return flatten_dict(tree, sep="/")
 
 
+def initial_weights(cfg) -> dict:
+    """Flat {path: array} of a fresh run's state at step 0, named as `checkpoint_params` names
+    it: the trained half (params and its EMA) and the frozen half."""
+    import jax
+    from flax.traverse_util import flatten_dict
+
+    from emo_jax.models.emo import EMOModel, init_params
+    from emo_jax.train.stages import split
+
+    params = jax.device_get(init_params(EMOModel(cfg.model), cfg.train.seed))
+    trainable, frozen = split(params, cfg.train.trainable)
+    return flatten_dict({"params": trainable, "ema": trainable, "frozen": frozen}, sep="/")
+
+
+def assert_trained_alike(got: dict, want: dict, init: dict, tol: float = 1e-2) -> float:
+    """The frozen params unchanged and equal; per trained tensor (params, EMA), the distance
+    from `want` is below `tol` of how far training moved it from `init` (both as Frobenius
+    norms, so that the few elements whose gradient is float noise, which Adam turns into full
+    steps of either sign, weigh as little as they are). One optimizer step skipped, or a
+    gradient that misses part of the batch, moves a tensor by about its own movement."""
+    import numpy as np
+
+    assert got.keys() == want.keys() == init.keys()
+    worst, where = 0.0, None
+    for k, w in want.items():
+        if k.startswith("frozen/"):
+            assert np.array_equal(got[k], w) and np.array_equal(w, init[k]), k
+            continue
+        moved = float(np.linalg.norm(w - init[k]))
+        assert moved > 0, k  # every trained tensor moves (weight decay at least)
+        ratio = float(np.linalg.norm(got[k] - w)) / moved
+        worst, where = max((worst, where), (ratio, k))
+    assert worst < tol, (worst, where)
+    return worst
+
+
 def _meshes(out: Path, corpus: Path) -> None:
     """Two steps on each mesh of MESHES (8 fake devices) from the same initial weights; writes
-    the losses, each device's share of the state, and the weights after step 2 (npz)."""
+    the losses, each device's share of the state, and the weights after step 2 (npz; the
+    initial ones as init:PATH)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import jax
@@ -158,7 +195,8 @@ def _meshes(out: Path, corpus: Path) -> None:
     cfg, first = configs["1x8"], setups["1x8"]
     params = jax.device_get(initial_params(cfg, first.model, first.param_shardings)[0])
     vae = load_vae(cfg, first.vae)
-    report, weights = {}, {}
+    report = {}
+    weights = {f"init:{k}": v for k, v in initial_weights(cfg).items()}
     for key, setup in setups.items():
         state_sh, frozen_sh, vae_sh, batch_sh = setup.shardings
         trainable, frozen = split(

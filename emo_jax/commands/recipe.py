@@ -66,6 +66,11 @@ def config_of(argv: list[str]) -> str | None:
     return argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
 
 
+def stage_of(argv: list[str]) -> list[str]:
+    """The override that a step's `--stage N` makes (of a stage file), or none."""
+    return [f"train.stage={argv[argv.index('--stage') + 1]}"] if "--stage" in argv[:-1] else []
+
+
 def settings(argv: list[str]) -> str:
     """Digest of the settings a step's `--config` resolves to (with its `base:` files; of a
     stage file, its `--stage`); "" if it has none."""
@@ -74,8 +79,7 @@ def settings(argv: list[str]) -> str:
     path = config_of(argv)
     if path is None:
         return ""
-    stage = argv[argv.index("--stage") + 1] if "--stage" in argv[:-1] else None
-    data = resolve(path, [] if stage is None else [f"train.stage={stage}"])
+    data = resolve(path, stage_of(argv))
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
