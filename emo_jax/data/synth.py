@@ -40,10 +40,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emo_jax.data.examples import SAMPLE_RATE
+from emo_jax.config import AudioConfig
+from emo_jax.data import sentences, speech, visemes
 from emo_jax.data.pose import rotation, rotation_speed
 from emo_jax.data.video import FPS, VideoWriter
+from emo_jax.errors import InputError
+from emo_jax.files import atomic_write, write_json
 
+SAMPLE_RATE = AudioConfig.sample_rate  # the default model's
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 BROW_V, EYE_V, NOSE_V, MOUTH_V = -0.2, 0.02, 0.33, 0.55  # heights on the face, chin = 1
@@ -226,8 +230,6 @@ def espeak_speech(
     (rate jittered +-6% per sentence), with pauses of 0.15-0.6 s between them, resampled to
     16 kHz; the mouth follows the phonemes (`emo_jax.data.visemes.mouth_track`). The last
     sentence is cut where the clip ends."""
-    from emo_jax.data import sentences, speech, visemes
-
     voice = speech.voice_for(
         np.random.default_rng([identity.seed, 13]), identity.female, identity.f0, identity.rate
     )
@@ -578,8 +580,6 @@ def write_clip(
     """Renders and writes `<name>.mp4`, `.wav`, `.json` (the mp4 last, atomically); returns it."""
     import soundfile as sf
 
-    from emo_jax.checkpoint.torch_io import atomic_write, write_json
-
     out_dir = Path(out_dir)
     identity = make_identity(identity_seed)
     clip = render_clip(identity, seconds, size, clip_seed, audio_source)
@@ -622,8 +622,6 @@ def make_corpus(
     from multiprocessing import get_context
 
     from tqdm import tqdm
-
-    from emo_jax.errors import InputError
 
     if size % 2 or size < 32:
         raise InputError(f"--size {size}: must be even and at least 32")

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emo_jax.checkpoint import pretrained
 from emo_jax.config import Config, ConfigError
 from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL, sample_latent
 from emo_jax.parallel.mesh import make_mesh
@@ -32,6 +31,7 @@ from emo_jax.train.optimizer import make_optimizer
 from emo_jax.train.setup import compile_stage
 from emo_jax.train.stages import merge, partition
 from emo_jax.train.step import init_state
+from emo_jax.weights import pretrained
 
 OWNER = {"encoder": "encoder", "quant_conv": "encoder"}  # else "decoder" (+ post_quant_conv)
 

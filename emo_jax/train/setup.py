@@ -11,7 +11,6 @@ import jax
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from emo_jax.checkpoint import pretrained
 from emo_jax.config import Config, ConfigError
 from emo_jax.models.emo import EMOModel, abstract_params
 from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL
@@ -29,6 +28,7 @@ from emo_jax.train.optimizer import make_optimizer
 from emo_jax.train.stages import split, validate
 from emo_jax.train.step import init_state, make_step
 from emo_jax.train.weights import vae_module
+from emo_jax.weights import pretrained
 
 
 @dataclasses.dataclass
