@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from emo_jax.data.faces import make_detector, stable_crop
-from emo_jax.errors import InputError
+from emo_jax.errors import InputError, check_input
 
 DEFAULT_SPEED = 0.5  # degrees per frame: the middle of the paper's range for speech
 FACE_EXPAND = 1.2
@@ -56,9 +56,7 @@ def read_image(image: Any, kind: str = "image") -> np.ndarray:
 
     name = _describe(image, kind)
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise InputError(f"{path}: {kind} file not found")
+        path = check_input(image, f"{kind} file")
         try:
             with Image.open(path) as im:
                 image = im.convert("RGB")
@@ -176,7 +174,7 @@ def read_audio(audio: Any, sample_rate: int | None, target_rate: int) -> tuple[n
     from emo_jax.audio.io import load_audio
 
     if isinstance(audio, (str, Path)):
-        return load_audio(audio, target_rate), str(audio)
+        return load_audio(check_input(audio, "audio file"), target_rate), str(audio)
     if isinstance(audio, tuple) and len(audio) == 2:
         audio, sample_rate = audio
     if sample_rate is None:
@@ -193,9 +191,7 @@ def read_audio(audio: Any, sample_rate: int | None, target_rate: int) -> tuple[n
 
 def read_speed_curve(path: str | Path) -> np.ndarray:
     """Per-second speeds from a text file: one number per line, `#` comments."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: speed curve file not found")
+    path = check_input(path, "speed curve file")
     values = []
     try:
         lines = path.read_text().splitlines()
