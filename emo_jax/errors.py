@@ -27,7 +27,7 @@ def check_input(path: str | Path, what: str, folder: bool | None = False) -> Pat
     if folder and not path.is_dir():
         raise InputError(f"{path}: is a file, not {_a(what)}")
     if path.is_file() and path.stat().st_size == 0:
-        raise InputError(f"{path}: empty file (0 bytes), not {_a(what)}")
+        raise InputError(f"{path}: empty file (0 bytes)")
     if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
         raise InputError(f"{path}: no permission to read it")
     return path

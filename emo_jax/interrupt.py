@@ -9,8 +9,8 @@ renamed into place, kills child processes and exits at once. Outputs are written
 temporary name and renamed when complete, so this leaves nothing half-written.
 
 `pause_point(phase)`: with EMO_JAX_PAUSE=phase in the environment, says `paused at PHASE` on
-stderr and sleeps, so a test can send a signal in that phase (phases: start, load, compile,
-sample, write).
+stderr and sleeps, so a test can send a signal in that phase: start (before the command's
+imports), sample (generate, after each clip), write (generate, before the outputs are closed).
 """
 
 from __future__ import annotations

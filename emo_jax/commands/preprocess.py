@@ -6,6 +6,7 @@ import argparse
 import os
 import shutil
 import sys
+from pathlib import Path
 
 from emo_jax.commands.arguments import whole
 
@@ -35,14 +36,17 @@ def run(args: argparse.Namespace) -> int:
     if args.resolution is not None:
         overrides.append(f"data.resolution={args.resolution}")
     cfg = load_config(args.config, overrides).data
-    new = not os.path.exists(args.out)
+    made = Path(args.out).absolute()  # the first folder this run makes (None: it exists)
+    while not made.parent.exists():
+        made = made.parent
+    made = None if made.exists() else made
     manifest = preprocess(args.videos, args.out, cfg, args.workers, not args.no_progress)
     counts = manifest["counts"]
     for item in manifest["skipped"]:
         print(f"emo-jax preprocess: skipped {item['file']}: {item['reason']}", file=sys.stderr)
     if not counts["videos_ok"]:
-        if new:  # leave nothing behind (a folder that existed keeps the skipped files' notes)
-            shutil.rmtree(args.out, ignore_errors=True)
+        if made:  # leave nothing behind (a folder that existed keeps the skipped files' notes)
+            shutil.rmtree(made, ignore_errors=True)
         raise InputError(
             f"{args.videos}: none of the {counts['videos_found']} videos is usable (each "
             "skipped one is named above with the reason)"

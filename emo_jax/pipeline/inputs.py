@@ -202,9 +202,12 @@ def read_speed_curve(path: str | Path) -> np.ndarray:
         if not text:
             continue
         try:
-            values.append(float(text))
+            value = float(text)
         except ValueError:
             raise InputError(f"{path}:{i}: {text!r} is not a number (one speed per line)") from None
+        if not np.isfinite(value) or value < 0:
+            raise InputError(f"{path}:{i}: {text}: speeds are finite numbers >= 0")
+        values.append(value)
     if not values:
         raise InputError(f"{path}: no speed values (one number per line, one per second)")
     return np.array(values, np.float64)

@@ -37,6 +37,7 @@ from emo_jax.pipeline.inputs import (
     Reference,
     prepare_reference,
     read_audio,
+    read_speed_curve,
     speed_per_frame,
 )
 from emo_jax.pipeline.loading import LoadedModel, resolve_checkpoint
@@ -206,6 +207,9 @@ class EMOPipeline:
         if image is None or audio is None:
             raise InputError("give both an image and an audio")
         config = self.run_config(opts)
+        speed = opts.speed  # a curve file is read first: it is quick to check
+        if isinstance(speed, (str, Path)):
+            speed = read_speed_curve(speed)
         audio_cfg = config.model.audio
         fps = round(audio_cfg.fps)
         if fps != audio_cfg.fps:
@@ -223,7 +227,7 @@ class EMOPipeline:
 
         features = AudioFeatures(audio_cfg)
         windows = np.concatenate(list(features.iter_windows(features.prepare(wave, name))))
-        speed = speed_per_frame(opts.speed, len(windows), audio_cfg.fps)
+        speed = speed_per_frame(speed, len(windows), audio_cfg.fps)
         return Job(config, opts, reference, wave, windows, speed, fps)
 
     # ------------------------------------------------------------------ generation
@@ -259,7 +263,6 @@ class EMOPipeline:
             def on_step(k=k):
                 nonlocal step
                 step += 1
-                pause_point("sample")
                 progress(k, clips, step, fns.num_steps)
 
             fns.on_step = on_step
@@ -350,7 +353,6 @@ class EMOPipeline:
                 rate = job.config.model.audio.sample_rate
                 writer = VideoWriter(out, job.fps, job.wave, rate, preset="medium")
                 outputs.enter_context(writer)
-            pause_point("compile")
             for clip in self.iter_clips(job, progress):
                 if writer is not None:
                     writer.write(clip.frames)
@@ -359,6 +361,7 @@ class EMOPipeline:
                     count += 1
                 if return_frames:
                     kept.append(clip.frames)
+                pause_point("sample")  # (after a clip: its frames are in the partial outputs)
             pause_point("write")
         return EMOOutput(
             frames=np.concatenate(kept) if return_frames else None,
