@@ -88,4 +88,3 @@ def test_a_signal_in_any_phase_stops_cleanly(tmp_path, audio, jit_cache, phase):
     assert list((tmp_path / "out").iterdir()) == []  # no mp4, no frames, no temporary file
     if phase == "load":
         assert not any("compiles the model" in line for line in err), err  # it was loading
-

@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from emo_jax.checkpoint.torch_io import atomic_folder, atomic_write
 from emo_jax.config import load_config
 from emo_jax.data.video import VideoWriter
+from emo_jax.files import atomic_folder, atomic_write
 from emo_jax.models.emo import EMOModel, dummy_inputs
 from emo_jax.pipeline.loading import TINY_CONFIG
 

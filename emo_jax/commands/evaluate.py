@@ -50,9 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from emo_jax.checkpoint.torch_io import write_json
     from emo_jax.errors import check_input, check_output
     from emo_jax.eval.evaluate import evaluate, find_clips, format_table
+    from emo_jax.files import write_json
     from emo_jax.pipeline import EMOPipeline
 
     if args.out:

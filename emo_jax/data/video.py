@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from emo_jax import interrupt
-from emo_jax.checkpoint.torch_io import output_mode
 from emo_jax.errors import InputError
+from emo_jax.files import output_mode
 
 FPS = 25
 

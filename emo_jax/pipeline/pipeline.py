@@ -26,10 +26,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
-from emo_jax.checkpoint.torch_io import atomic_folder
+from emo_jax.audio.features import AudioFeatures
 from emo_jax.config import Config, apply_overrides, from_dict, load_config, to_dict
+from emo_jax.data.video import VideoWriter
 from emo_jax.errors import InputError, check_output
+from emo_jax.files import atomic_folder
 from emo_jax.interrupt import pause_point
 from emo_jax.pipeline.inputs import (
     DEFAULT_SPEED,
@@ -223,7 +226,6 @@ class EMOPipeline:
             config.data.detector,
         )
         wave, name = read_audio(audio, sample_rate, audio_cfg.sample_rate)
-        from emo_jax.audio.features import AudioFeatures
 
         features = AudioFeatures(audio_cfg)
         windows = np.concatenate(list(features.iter_windows(features.prepare(wave, name))))
@@ -337,10 +339,6 @@ class EMOPipeline:
         """Runs a prepared job. Writes an H.264 mp4 with the audio to `out` and PNG frames
         000000.png, ... to `frames_dir` (new or empty) if given, each whole or not at all;
         returns the frames if asked."""
-        from PIL import Image
-
-        from emo_jax.data.video import VideoWriter
-
         check_outputs(out, frames_dir)
         start = time.perf_counter()
         kept, count = [], 0
