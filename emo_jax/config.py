@@ -331,6 +331,12 @@ class VAEConfig:
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
 
+    @property
+    def factor(self) -> int:
+        """Pixels per latent along each axis: one stride-2 step per block after the first (8
+        for the SD VAE)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
 
 @dataclasses.dataclass(frozen=True)
 class Wav2Vec2Config:
@@ -485,6 +491,9 @@ class ModelConfig:
             )
 
 
+SAMPLERS = ("ddim", "dpmpp_2m")  # DDIM; DPM-Solver++ 2M (emo_jax.diffusion.samplers)
+
+
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
     """Noise schedule (diffusers scheduler config names; SD1.5 values), training loss, sampler."""
@@ -504,7 +513,7 @@ class DiffusionConfig:
     use_karras_sigmas: bool = False  # DPM-Solver++: Karras et al. sigma spacing
     final_sigmas_type: str = "zero"  # DPM-Solver++: last sigma "zero" or "sigma_min"
     snr_gamma: float | None = None  # training: min-SNR-gamma loss weighting (None: plain MSE)
-    sampler: str = "ddim"  # or "dpmpp_2m" (DPM-Solver++ 2M)
+    sampler: str = "ddim"  # one of SAMPLERS
     num_inference_steps: int = 40  # the paper: DDIM, 40 steps
     eta: float = 0.0  # DDIM noise (0: deterministic)
     guidance_scale: float = 3.5  # CFG scale (Hallo); the reference scale if audio's is set
@@ -516,7 +525,7 @@ class DiffusionConfig:
             "prediction_type": ("epsilon", "v_prediction", "sample"),
             "timestep_spacing": ("leading", "trailing", "linspace"),
             "final_sigmas_type": ("zero", "sigma_min"),
-            "sampler": ("ddim", "dpmpp_2m"),
+            "sampler": SAMPLERS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

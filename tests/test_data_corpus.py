@@ -63,7 +63,7 @@ def test_manifest_counts_and_reasons(corpus):
         "frames": 3 * 100 + manifest["videos"][0]["n_frames"],
     }
     reasons = {item["file"].split("/")[-1]: item["reason"] for item in manifest["skipped"]}
-    assert "not a readable video" in reasons["notes.mp4"]
+    assert "not readable as a video" in reasons["notes.mp4"]
     assert "no audio track" in reasons["silent.mp4"]
     assert "no face" in reasons["noface.mp4"]
     (trimmed,) = manifest["trimmed"]

@@ -8,6 +8,7 @@ at the end if the audio is a little short). Output folder:
   shards/<id>.array_record   one record per frame (emo_jax.data.records)
   videos/<id>.json           the per-video result: done marker, or why it was skipped
   manifest.json              settings, counts, the shard list, skipped and trimmed files
+                             (written only when at least one video is usable)
 
 Runs are resumable: a video whose result file matches the file's size, mtime and the settings is
 not processed again. Bad input (not a video, no audio track, no face, corrupt data) is reported
@@ -171,12 +172,16 @@ def _process(path: Path, vid: str, out_dir: Path, settings: Settings) -> dict:
         note = (note + "; " if note else "") + f"audio ends at frame {n} of {len(boxes)}"
     boxes = boxes[:n]
     if n < settings.min_frames:
-        raise InputError(f"{path}: only {n} usable frames (< {settings.min_frames})")
+        raise InputError(
+            f"{path}: too short: {n} frames with sound ({n / settings.fps:.1f} s), "
+            f"{settings.min_frames} needed"
+        )
     found = sum(b is not None for b in boxes)
-    if found == 0:
-        raise InputError(f"{path}: no face detected")
     if found < settings.min_face_fraction * n:
-        raise InputError(f"{path}: face found in only {found} of {n} frames")
+        raise InputError(
+            f"{path}: no face in {n - found} of {n} frames (a face is needed in "
+            f"{settings.min_face_fraction:.0%} of them)"
+        )
     track = fill_track(boxes)
     crop = stable_crop(track, info.width, info.height, settings.crop_scale)
     jpegs, omegas, crop_boxes = _frames_and_pose(path, settings, n, crop, track)
@@ -288,5 +293,6 @@ def preprocess(
                 bar.update()
     bar.close()
     manifest = build_manifest(results, settings, len(paths))
-    write_json(manifest, out_dir / "manifest.json")
+    if manifest["counts"]["videos_ok"]:
+        write_json(manifest, out_dir / "manifest.json")
     return manifest

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -593,11 +592,6 @@ def write_clip(
     ) as w:
         w.write(clip.frames)
     return out_dir / f"{name}.mp4"
-
-
-def load_truth(path: str | Path) -> dict:
-    """Reads a clip's ground-truth JSON."""
-    return json.loads(Path(path).read_text())
 
 
 def make_corpus(
