@@ -4,6 +4,10 @@ and the wall time of `emo-jax evaluate` (generation vs measuring) on held-out cl
 
     python bench/bench_eval.py                                   # built-in model, 2 x 2 s clips
     python bench/bench_eval.py --checkpoint runs/bundle --clips 4 --seconds 4 --steps 20
+    python bench/bench_eval.py --quick --cache DIR  # seconds: 1 clip of 1 s, 1 step, 64 px
+
+--quick: clips of 1 s at 64 px, rendering timed at 64 px, one clip evaluated with 1 step: a
+check that the benchmark runs, not a measurement.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ def render_speed(sizes: list[int], seconds: float) -> None:
     print(f"{'source':>10} {'size':>5} {'s per clip-second':>18}")
     for source in ("espeak", "syllables"):
         for size in sizes:
-            render_clip(make_identity(HELDOUT_SEED_BASE), 1.0, size, 0, source)  # warm-up
+            render_clip(make_identity(HELDOUT_SEED_BASE), min(1.0, seconds), size, 0, source)
             start = time.perf_counter()
             for k in range(3):
                 render_clip(make_identity(HELDOUT_SEED_BASE + k), seconds, size, 1, source)
@@ -94,15 +98,20 @@ def main() -> None:
     parser.add_argument(
         "--cache", default=os.path.join(tempfile.gettempdir(), "emo_jax_bench_eval")
     )
+    parser.add_argument("--quick", action="store_true", help="seconds: see above")
     args = parser.parse_args()
     from emo_jax.data.synth import make_corpus
 
-    folder = Path(args.cache) / "heldout"
+    seconds, size, workers = 6.0, 128, 2
+    if args.quick:
+        seconds, size, workers, args.sizes = 1.0, 64, 1, [64]
+        args.clips, args.seconds, args.steps = 1, 1.0, 1
+    folder = Path(args.cache) / f"heldout{size}_{seconds:g}s"
     make_corpus(
-        folder, max(args.clips, 2), 6.0, 128, split="heldout", audio_source="espeak", workers=2,
-        progress=False,
+        folder, max(args.clips, 2), seconds, size, split="heldout", audio_source="espeak",
+        workers=workers, progress=False,
     )  # fmt: skip
-    render_speed(args.sizes, 6.0)
+    render_speed(args.sizes, seconds)
     measure_speed(folder)
     evaluation(folder, args)
 
