@@ -20,10 +20,11 @@ flops  FLOPs per generated frame of the full-size model at 512 px (64x64 latents
 
   python bench/bench_generate.py                  # all; step at 64x64 latents
   python bench/bench_generate.py step --latent 32 # a smaller step on a CPU
-  python bench/bench_generate.py --quick          # seconds: every part on the tiny config
+  python bench/bench_generate.py --quick          # seconds: the built-in model, small
 
---quick runs every part on the tiny config (configs/model/tiny.yaml, random weights) with
-0.2 s of audio, 1 step and 4x4 latents: a check that the benchmark runs, not a measurement.
+--quick: the built-in model for every part (default and tiny: its pipeline; step and flops:
+its config, configs/default/model.yaml, at 4x4 latents), 0.32 s of audio (one clip): a check
+that the benchmark runs, not a measurement.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 FULL = ROOT / "configs" / "model" / "emo_sd15.yaml"  # the paper's f = 12, n = 4
 TINY = ROOT / "configs" / "model" / "tiny.yaml"
+BUILT_IN = ROOT / "configs" / "default" / "model.yaml"  # the built-in model's config
 PARTS = ("default", "tiny", "step", "flops")
 
 
@@ -236,11 +238,11 @@ def main() -> None:
     args = parser.parse_args()
     config, latent, seconds, steps = FULL, args.latent, args.seconds, args.steps
     if args.quick:
-        config, latent, seconds, steps = TINY, 4, 0.2, 1
+        config, latent, seconds = BUILT_IN, 4, 0.32
     parts = args.parts or PARTS
     if set(parts) - set(PARTS):
         parser.error(f"unknown parts {sorted(set(parts) - set(PARTS))}: choose from {PARTS}")
-    for part in dict.fromkeys("tiny" if args.quick and p == "default" else p for p in parts):
+    for part in dict.fromkeys("default" if args.quick and p == "tiny" else p for p in parts):
         if part in ("default", "tiny"):
             bench_pipeline(part, seconds, steps)
         elif part == "step":

@@ -8,8 +8,11 @@ How a block is chosen and made tiny (the README is read here, never copied):
   a block without a marker, a NAME without an entry in BLOCKS, an entry without its block, and
   a substitution whose text is no longer in its block all fail;
 - BLOCKS[NAME] makes the block tiny: `replace` swaps text of the block (each must be found),
-  `append` adds arguments to its `emo-jax SUBCOMMAND` lines, `files` are inputs the block
-  names that a user has (made here by FILES), `needs` are blocks that make its inputs;
+  `append` adds options to its `emo-jax SUBCOMMAND` lines (an option the line already has is
+  kept as written), `files` are inputs the block names that a user has (made here by FILES),
+  `needs` are blocks that make its inputs;
+- generation keeps the model's steps and gets one clip of audio (SHORT), so the compiled
+  sampler is the one tests/test_default_model.py compiled (JAX's persistent cache);
 - bash: `pip install` is left out (the suite runs in the installed package), `emo-jax ...`
   runs in this process (`emo_jax.cli.main`, the console script's function: compiled functions
   are shared between blocks) and must exit 0, `python FILE ...` runs in a child process;
@@ -58,7 +61,7 @@ TRAIN_TINY = (  # 2 steps of a one-level UNet: each stage compiles and runs, che
     "model.unet.attention_head_dim=[4]",
     "model.unet.mid_block_type=null",
 )
-STEPS = ("--steps", "1")  # every generation: 1 denoising step (one compile, shared)
+SHORT = "short.wav"  # 0.32 s of the shipped sentence: one clip of the built-in model (8 frames)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +75,16 @@ class Tiny:
 
 
 BLOCKS = {
-    "setup": Tiny(append={"generate": STEPS}),
-    "generate": Tiny(append={"generate": STEPS}, files=("me.jpg", "speech.mp3", "models/emo")),
+    "setup": Tiny(append={"generate": ("--audio", SHORT)}, files=(SHORT,)),
+    "generate": Tiny(
+        append={"generate": ("--audio", SHORT)}, files=(SHORT, "me.jpg", "speech.mp3", "models/emo")
+    ),
     "pipeline": Tiny(
         replace={
-            "steps=20": "steps=1",
-            "guidance_scale=3.5)": "guidance_scale=3.5, steps=1)",
-            "(waveform, rate))": "(waveform[:rate], rate), steps=1)",
-        }
+            '"emo_jax/assets/speech.wav",': f'"{SHORT}",',
+            'soundfile.read("emo_jax/assets/speech.wav"': f'soundfile.read("{SHORT}"',
+        },
+        files=(SHORT,),
     ),
     "data": Tiny(
         replace={
@@ -104,20 +109,31 @@ def make_me_jpg(root: Path) -> None:
     Image.open(REPO / "emo_jax/assets/portrait.png").convert("RGB").save(root / "me.jpg")
 
 
-def make_speech_mp3(root: Path) -> None:
-    """The first second of the shipped sentence as an mp3."""
-    import av
-    import numpy as np
+def short_speech() -> tuple:
+    """The first 0.32 s of the shipped sentence (8 frames at 25 fps) and its rate."""
     import soundfile
 
     wave, rate = soundfile.read(REPO / "emo_jax/assets/speech.wav", dtype="float32")
+    return wave[: rate * 8 // 25], rate
+
+
+def make_short_wav(root: Path) -> None:
+    import soundfile
+
+    soundfile.write(root / SHORT, *short_speech())
+
+
+def make_speech_mp3(root: Path) -> None:
+    """`short_speech` as an mp3."""
+    import av
+
+    wave, rate = short_speech()
     with av.open(str(root / "speech.mp3"), "w") as out:
         stream = out.add_stream("libmp3lame", rate=rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray(wave[None, :rate], format="flt", layout="mono")
+        frame = av.AudioFrame.from_ndarray(wave[None], format="flt", layout="mono")
         frame.sample_rate = rate
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             out.mux(packet)
-    assert np.isfinite(wave).all()
 
 
 def make_model_folder(root: Path) -> None:
@@ -140,6 +156,7 @@ def make_unet_folder(root: Path) -> None:
 
 
 FILES: dict[str, Callable[[Path], None]] = {
+    SHORT: make_short_wav,
     "me.jpg": make_me_jpg,
     "speech.mp3": make_speech_mp3,
     "models/emo": make_model_folder,
@@ -235,7 +252,12 @@ class Workspace:
         if argv[:2] == ["pip", "install"]:
             return
         if argv[0] == "emo-jax":
-            args = [*argv[1:], *append.get(argv[1], ())]
+            args, extra = argv[1:], list(append.get(argv[1], ()))
+            while extra:  # an option and its value (if any) unless the line has the option
+                n = 2 if len(extra) > 1 and not extra[1].startswith("--") else 1
+                if extra[0] not in args:
+                    args += extra[:n]
+                extra = extra[n:]
             assert main(args) == 0, f"{where}: {shlex.join(argv)} failed"
         elif argv[0] == "python":
             done = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True)
@@ -270,7 +292,7 @@ def test_block_runs(workspace, name):
 TABLE = {
     "emo-jax generate --image P --audio A --out V.mp4": (
         {"P": "emo_jax/assets/face.png", "A": "speech.mp3", "V.mp4": "table/v.mp4"},
-        STEPS,
+        (),
         ("speech.mp3",),
     ),
     "emo-jax train --config configs/train/stageN.yaml": (
@@ -279,9 +301,9 @@ TABLE = {
         ("tiny-training",),
     ),
     "emo-jax convert --src S --dst D": (
-        {"S": "emo_jax/assets/default_model", "D": "table/converted"},
+        {"S": "sd15/unet", "D": "table/unet_orbax"},  # the built-in model: a README block
         (),
-        (),
+        ("sd15/unet",),
     ),
     "emo-jax synth --out DIR": (
         {"DIR": "table/videos"},
@@ -300,7 +322,7 @@ TABLE = {
     ),
     "emo-jax evaluate --checkpoint M --data D": (
         {"M": "emo_jax/assets/default_model", "D": "table/videos"},
-        ("--clips", "1", "--seconds", "1", *STEPS, "--out", "table/results.json"),
+        ("--clips", "1", "--seconds", "0.64", "--out", "table/results.json"),  # 2 clips
         ("emo-jax synth --out DIR",),
     ),
     "emo-jax app": ({}, (), ()),  # served in a child process: see test_table_command
@@ -376,3 +398,14 @@ def test_table_command(workspace, template):
             return
         workspace.run(argv, {argv[1]: extra}, f"README Commands: {template}")
     workspace.done.add(template)
+
+
+def test_top_level_pipeline_import_is_lazy():
+    """`from emo_jax import EMOPipeline` (the README's) works; `import emo_jax` loads no JAX."""
+    code = (
+        "import sys, emo_jax; assert 'jax' not in sys.modules, 'import emo_jax loaded jax'; "
+        "from emo_jax import EMOPipeline; from emo_jax.pipeline import EMOPipeline as P; "
+        "assert EMOPipeline is P; emo_jax.nothing"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert "AttributeError: module 'emo_jax' has no attribute 'nothing'" in done.stderr, done.stderr
