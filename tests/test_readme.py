@@ -80,10 +80,7 @@ BLOCKS = {
         append={"generate": ("--audio", SHORT)}, files=(SHORT, "me.jpg", "speech.mp3", "models/emo")
     ),
     "pipeline": Tiny(
-        replace={
-            '"emo_jax/assets/speech.wav",': f'"{SHORT}",',
-            'soundfile.read("emo_jax/assets/speech.wav"': f'soundfile.read("{SHORT}"',
-        },
+        replace={'"emo_jax/assets/speech.wav"': f'"{SHORT}"'},  # every one of them
         files=(SHORT,),
     ),
     "data": Tiny(
