@@ -38,9 +38,9 @@ def make_wav2vec2(folder: Path, sizes: dict) -> None:
     """A random wav2vec2 folder: wav2vec2-base's architecture with `sizes` changed."""
     import jax
 
-    from emo_jax.checkpoint import pretrained
     from emo_jax.config import Wav2Vec2Config
     from emo_jax.models.wav2vec2 import WAV2VEC2_FORMAT, Wav2Vec2Model
+    from emo_jax.weights import pretrained
 
     cfg = Wav2Vec2Config(**sizes)
     module = WAV2VEC2_FORMAT.build(cfg, None)
