@@ -17,6 +17,7 @@ How a block is chosen and made tiny (the README is read here, never copied):
   runs in this process (`emo_jax.cli.main`, the console script's function: compiled functions
   are shared between blocks) and must exit 0, `python FILE ...` runs in a child process;
   python blocks run with `exec`.
+Blocks in SLOW run with `-m slow` only (the tiny training: three stages, each compiled).
 The Commands table (TABLE): each row's command with its placeholders (P, A, DIR, ...) given
 tiny values; a row without an entry fails.
 """
@@ -280,7 +281,12 @@ def workspace(tmp_path_factory):
     return Workspace(tmp_path_factory.mktemp("readme"))
 
 
-@pytest.mark.parametrize("name", list(BLOCKS))
+SLOW = {"tiny-training"}  # three training stages, each compiled: minutes of CPU
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in BLOCKS]
+)
 def test_block_runs(workspace, name):
     workspace.block(name)
 
@@ -294,8 +300,8 @@ TABLE = {
     ),
     "emo-jax train --config configs/train/stageN.yaml": (
         {"configs/train/stageN.yaml": "configs/train/tiny_stage1.yaml"},
-        (*TRAIN_TINY, "train.out_dir=table/run", "data.shards=data/tiny/processed"),
-        ("tiny-training",),
+        (*TRAIN_TINY, "train.out_dir=table/run", "data.shards=data/processed"),
+        ("data",),  # its corpus at 32 px
     ),
     "emo-jax convert --src S --dst D": (
         {"S": "sd15/unet", "D": "table/unet_orbax"},  # the built-in model: a README block
