@@ -151,6 +151,7 @@ class UNetBlock(nn.Module):
     num_frames: int = 1
     upsample_size: tuple[int, int] | None = None
     dtype: Any = jnp.float32
+    attention_impl: str = "xla"
 
     def resnet(self, i: int, x: jax.Array, temb: jax.Array) -> jax.Array:
         cfg = self.cfg
@@ -179,6 +180,7 @@ class UNetBlock(nn.Module):
             write_reference=self.write_reference,
             zero_init_cross_out=self.zero_init_cross_out,
             dtype=self.dtype,
+            attention_impl=self.attention_impl,
             name=name,
         )(
             x,
@@ -210,6 +212,7 @@ class UNetBlock(nn.Module):
             max_positions=self.temporal.motion_max_seq_length,
             speed=self.speed,
             dtype=self.dtype,
+            attention_impl=self.attention_impl,
             name=f"motion_modules_{i}",
         )(x, n + f, speed_tokens, n)
         return x.reshape(b, n + f, *x.shape[1:])[:, n:].reshape(b * f, *x.shape[1:])
@@ -276,6 +279,7 @@ class UNet2DConditionModel(nn.Module):
     zero_init_cross_out: bool = False
     remat: bool = False
     dtype: Any = jnp.float32
+    attention_impl: str = "xla"  # one of config.ATTENTION
 
     @nn.compact
     def __call__(
@@ -336,6 +340,7 @@ class UNet2DConditionModel(nn.Module):
                 num_frames=num_frames,
                 upsample_size=size,
                 dtype=self.dtype,
+                attention_impl=self.attention_impl,
                 name=name,
             )(
                 x,
