@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 
 from emo_jax.config import ConfigError, load_config
 from emo_jax.models.emo import EMOModel, encode_reference, init_params
@@ -110,9 +111,11 @@ def test_cudnn_matches_xla_bfloat16():
     np.testing.assert_allclose(np.float32(got), np.float32(xla(q, k, v, mask)), atol=BF16_TOL)
 
 
+@pytest.mark.slow
 def test_emo_model_same_with_chunked_attention():
     """The tiny EMO denoiser (reference-, temporal, audio and speed attention; the reference
-    dropped for one sample) gives the same noise prediction with `chunked` as with `xla`."""
+    dropped for one sample) gives the same noise prediction with `chunked` as with `xla`
+    (two compilations of the tiny model: minutes on a loaded machine)."""
     cfg = load_config("configs/model/tiny.yaml").model
     params = init_params(EMOModel(cfg), seed=0)
     leaves, tree = jax.tree_util.tree_flatten(params)
@@ -135,7 +138,7 @@ def test_emo_model_same_with_chunked_attention():
         normal(b, n, size, size, 4),
     )
 
-    def predict(kind):
+    def predict(params, kind):
         model = EMOModel(dataclasses.replace(cfg, attention=kind))
         features = encode_reference(model, params, reference, motion)
         keep = {"reference": jnp.array([True, False])}
@@ -143,9 +146,35 @@ def test_emo_model_same_with_chunked_attention():
             {"params": params}, latents, jnp.array([321]), features, audio, face, speed, keep
         )
 
-    want, got = predict("xla"), predict("chunked")
+    predict = jax.jit(predict, static_argnums=1)
+    want, got = predict(params, "xla"), predict(params, "chunked")
     assert np.abs(np.asarray(want)).max() > 0.1
     np.testing.assert_allclose(got, want, rtol=F32_TOL, atol=F32_TOL)
+
+
+def test_config_reaches_every_attention(monkeypatch):
+    """`model.attention` reaches all attention layers of ReferenceNet and denoiser: spatial,
+    reference-, audio-, temporal and speed attention (traced, not compiled)."""
+    cfg = load_config("configs/model/tiny.yaml").model
+    seen = []
+    real = attention.choose
+    monkeypatch.setattr(attention, "choose", lambda kind, *a: seen.append(kind) or real(kind, *a))
+    model = EMOModel(dataclasses.replace(cfg, attention="chunked"))
+    params = jax.eval_shape(lambda: init_params(model, seed=0))
+    b, f, size = 1, 3, 16
+    z = lambda *shape: jnp.zeros(shape, jnp.float32)  # noqa: E731
+    audio = z(b, f, 2 * cfg.audio.window + 1, cfg.audio.mel_subframes, cfg.audio.n_mels)
+    seen.clear()
+
+    def predict(params):
+        features = encode_reference(model, params, z(b, size, size, 4), z(b, 2, size, size, 4))
+        return model.apply(
+            {"params": params}, z(b, f, size, size, 4), 1, features, audio, None, z(b, f)
+        )
+
+    jax.eval_shape(predict, params)
+    modules = [p for p in flatten_dict(params) if p[-2] == "to_q"]
+    assert len(seen) == len(modules) > 10 and set(seen) == {"chunked"}
 
 
 def test_auto_choice(monkeypatch):
