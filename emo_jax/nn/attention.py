@@ -16,7 +16,8 @@ SHORT = 1 << 20  # `auto` keeps XLA's materialised scores below this many per (s
 
 
 def choose(implementation: str, q_len: int, kv_len: int, head_dim: int, dtype: Any) -> str:
-    """The implementation `auto` stands for on the default backend (others: themselves).
+    """The implementation `auto` stands for on the platform compiled for: the mesh's (set
+    with `jax.set_mesh`), else the default backend's. Other choices stand for themselves.
 
     Short attentions (q_len * kv_len < SHORT: temporal, audio, low resolutions) stay `xla`;
     longer ones take `splash` on TPU, `cudnn` on an NVIDIA GPU where cuDNN takes the head
@@ -27,7 +28,8 @@ def choose(implementation: str, q_len: int, kv_len: int, head_dim: int, dtype: A
         return implementation
     if q_len * kv_len < SHORT:
         return "xla"
-    platform = jax.default_backend()
+    mesh = jax.sharding.get_abstract_mesh()
+    platform = jax.default_backend() if mesh.empty else mesh.platform
     if platform == "tpu":
         return "splash"
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
