@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from emo_jax.config import ATTENTION
 from emo_jax.nn.attention_chunked import chunked_attention
+from emo_jax.nn.attention_splash import splash_attention
 
 SHORT = 1 << 20  # `auto` keeps XLA's materialised scores below this many per (sample, head)
 
@@ -53,8 +54,6 @@ def dot_product_attention(
     if kind == "chunked":
         return chunked_attention(q, k, v, kv_mask)
     if kind == "splash":
-        from emo_jax.nn.attention_splash import splash_attention  # Pallas: imported on use
-
         return splash_attention(q, k, v, kv_mask)
     if kind == "cudnn":
         lengths = None if kv_mask is None else kv_mask.sum(-1, dtype=jnp.int32)

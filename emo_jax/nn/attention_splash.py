@@ -10,8 +10,6 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
 
-from emo_jax.parallel.sharding import RULES
-
 LANES = 128  # the kernel's block sizes are multiples of this
 BLOCK = 512  # query and key block size (smaller for shorter sequences)
 
@@ -54,19 +52,27 @@ def splash_attention(
 ) -> jax.Array:
     """softmax(q k^T / sqrt(D)) v with the splash kernel; `kv_mask` (B, S) bool.
 
-    Under a mesh (`jax.set_mesh`), the kernel runs per device (`shard_map`): batch over the
-    data-parallel axes and heads over the tensor axis, where they divide."""
+    Under a mesh (`jax.set_mesh`), the kernel runs per device (`shard_map`): the batch split
+    over the leading mesh axes whose sizes divide it, the heads over the axes after them
+    (where they divide; else those devices repeat the work)."""
     mask = jnp.ones(k.shape[:2], bool) if kv_mask is None else kv_mask
     fn = lambda q, k, v, m: _single(q, k, v, m, interpret)  # noqa: E731
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return fn(q, k, v, mask)
 
-    def axes(logical: str, size: int) -> tuple[str, ...] | None:
-        names = tuple(a for a in RULES[logical] if mesh.shape.get(a, 1) > 1)
-        return names if names and size % math.prod(mesh.shape[a] for a in names) == 0 else None
-
-    batch, heads = axes("batch", q.shape[0]), axes("mlp", q.shape[2])
+    names = [a for a in mesh.axis_names if mesh.shape[a] > 1]
+    split = 0  # the leading axes that divide the batch
+    while (
+        split < len(names)
+        and q.shape[0] % math.prod(mesh.shape[a] for a in names[: split + 1]) == 0
+    ):
+        split += 1
+    rest = names[split:]
+    heads = (
+        tuple(rest) if rest and q.shape[2] % math.prod(mesh.shape[a] for a in rest) == 0 else None
+    )
+    batch = tuple(names[:split]) or None
     spec = PartitionSpec(batch, None, heads, None)
     return jax.shard_map(
         fn,
