@@ -472,6 +472,9 @@ class EMOConfig:
     remat: bool = False  # rematerialise each UNet block in the backward pass
 
 
+ATTENTION = ("auto", "xla", "cudnn", "splash", "chunked")  # model.attention's choices
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The networks: SD1.5 UNet (backbone and ReferenceNet) and VAE."""
@@ -481,8 +484,11 @@ class ModelConfig:
     audio: AudioConfig = AudioConfig()
     emo: EMOConfig = EMOConfig()
     dtype: str = "float32"  # compute dtype; params stay float32
+    attention: str = "auto"  # one of ATTENTION (emo_jax.nn.attention says what each is)
 
     def __post_init__(self):
+        if self.attention not in ATTENTION:
+            raise ConfigError(f"model.attention: {self.attention!r} is not one of {ATTENTION}")
         locator, vae = len(self.emo.face_locator_channels), len(self.vae.block_out_channels)
         if self.emo.use_face_locator and locator != vae:
             raise ConfigError(

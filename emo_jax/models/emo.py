@@ -52,6 +52,7 @@ class EMOModel(nn.Module):
             write_reference=True,
             remat=emo.remat,
             dtype=dtype,
+            attention_impl=cfg.attention,
         )
         self.denoising_unet = UNet2DConditionModel(
             cfg.unet if emo.use_audio else dataclasses.replace(cfg.unet, cross_attention_dim=None),
@@ -60,6 +61,7 @@ class EMOModel(nn.Module):
             zero_init_cross_out=True,
             remat=emo.remat,
             dtype=dtype,
+            attention_impl=cfg.attention,
         )
         if emo.use_audio:
             self.audio_proj = AudioProjection(

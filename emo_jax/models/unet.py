@@ -151,6 +151,7 @@ class UNetBlock(nn.Module):
     zero_init_cross_out: bool = False
     upsample_size: tuple[int, int] | None = None
     dtype: Any = jnp.float32
+    attention_impl: str = "xla"
 
     def resnet(self, i: int, x: jax.Array, temb: jax.Array) -> jax.Array:
         cfg = self.cfg
@@ -179,6 +180,7 @@ class UNetBlock(nn.Module):
             write_reference=self.write_reference,
             zero_init_cross_out=self.zero_init_cross_out,
             dtype=self.dtype,
+            attention_impl=self.attention_impl,
             name=name,
         )(x, context, conditions.at(name))
 
@@ -196,6 +198,7 @@ class UNetBlock(nn.Module):
             max_positions=self.temporal.motion_max_seq_length,
             speed=self.speed,
             dtype=self.dtype,
+            attention_impl=self.attention_impl,
             name=f"motion_modules_{i}",
         )(x, conditions.at(name))
 
@@ -258,6 +261,7 @@ class UNet2DConditionModel(nn.Module):
     zero_init_cross_out: bool = False
     remat: bool = False
     dtype: Any = jnp.float32
+    attention_impl: str = "xla"  # one of config.ATTENTION
 
     @nn.compact
     def __call__(
@@ -313,6 +317,7 @@ class UNet2DConditionModel(nn.Module):
                 zero_init_cross_out=self.zero_init_cross_out,
                 upsample_size=size,
                 dtype=self.dtype,
+                attention_impl=self.attention_impl,
                 name=name,
             )(x, emb, context, conditions.at(name), skips)
 
