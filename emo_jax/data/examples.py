@@ -59,10 +59,10 @@ def portrait() -> np.ndarray:
     """A SIDE x SIDE crop of the astronaut photo centred on her face (kept inside the image)."""
     from skimage import data
 
-    from emo_jax.data.faces import HaarDetector
+    from emo_jax.faces.detect import HaarBackend
 
     image = data.astronaut()
-    box = HaarDetector()(image)
+    box = HaarBackend()(image)
     cx, cy = (box[:2] + box[2:]) / 2
     x0 = int(np.clip(round(cx - SIDE / 2), 0, image.shape[1] - SIDE))
     y0 = int(np.clip(round(cy - SIDE / 2), 0, image.shape[0] - SIDE))

@@ -40,8 +40,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emo_jax.data.pose import rotation, rotation_speed
 from emo_jax.data.video import FPS, VideoWriter
+from emo_jax.faces.pose import rotation, rotation_speed
 
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640

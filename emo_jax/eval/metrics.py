@@ -35,12 +35,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def head_speeds(frames: np.ndarray, boxes: np.ndarray, estimator: str = "flow") -> np.ndarray:
     """Head rotation speed (F,) in degrees per frame of frames (F, H, W, 3) with Haar-convention
-    face boxes (F, 4), measured as preprocessing does (`emo_jax.data.pose`, frames resized to
+    face boxes (F, 4), measured as preprocessing does (`emo_jax.faces.pose`, frames resized to
     POSE_SIDE, median over 3 frames; frame 0 copies frame 1)."""
     import cv2
 
-    from emo_jax.data.pose import POSE_ESTIMATORS, speeds_from_omegas
     from emo_jax.data.preprocess import POSE_SIDE
+    from emo_jax.faces.pose import POSE_ESTIMATORS, speeds_from_omegas
 
     pose = POSE_ESTIMATORS[estimator]()
     scale = POSE_SIDE / frames.shape[1]
