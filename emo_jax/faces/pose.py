@@ -188,7 +188,11 @@ def landmark_speeds(
     t = np.arange(len(angles))
     filled = np.stack([np.interp(t, t[known], angles[known, k]) for k in range(3)], axis=1)
     if smooth > 0 and len(filled) > 1:
-        filled = gaussian_filter1d(filled, smooth, axis=0, mode="nearest")
+        pad = min(len(filled) - 1, int(3 * smooth))  # odd reflection at the ends keeps trends
+        padded = np.concatenate(
+            [2 * filled[0] - filled[pad:0:-1], filled, 2 * filled[-1] - filled[-2 : -pad - 2 : -1]]
+        )
+        filled = gaussian_filter1d(padded, smooth, axis=0, mode="nearest")[pad : pad + len(t)]
     pose_speeds = rotation_speed(filled)
     flow_sum = flow_speeds[known].sum()
     if flow_sum <= 0:
