@@ -1,5 +1,6 @@
 """Faces: detection speed per back end, and preprocessing's face box and head speed against the
-synthetic corpus's truth, per back end (before: haar + flow; after: dlib + landmarks).
+synthetic corpus's truth, per setting (before: haar + flow; after: dlib + flow, the default;
+dlib + landmarks: speeds from the landmarks' head pose).
 
     python bench/bench_faces.py --quick                  # faces per second, a few images
     python bench/bench_faces.py                          # and a 8-clip synthetic corpus
@@ -21,7 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-SETTINGS = {"before": ("haar", "flow"), "after": ("dlib", "landmarks")}
+SETTINGS = {  # (data.detector, data.pose)
+    "before": ("haar", "flow"),
+    "after": ("dlib", "flow"),
+    "after, pose speeds": ("dlib", "landmarks"),
+}
 
 
 def speed(backends: list[str], images: int) -> dict:
@@ -53,6 +58,7 @@ def accuracy(videos: Path, work: Path) -> dict:
     out = {}
     for label, (detector, pose) in SETTINGS.items():
         cfg = dataclasses.replace(DataConfig(), resolution=96, detector=detector, pose=pose)
+        cfg = dataclasses.replace(cfg, min_face_fraction=0.0)  # score every clip
         start = time.perf_counter()
         manifest = preprocess(videos, work / label, cfg, progress=False)
         seconds = time.perf_counter() - start
@@ -70,6 +76,7 @@ def accuracy(videos: Path, work: Path) -> dict:
             truths.append(truth["frames"]["speed"])
         m, t = np.concatenate(measured), np.concatenate(truths)
         out[f"{label} ({detector} + {pose})"] = {
+            "speed_sources": sorted({m["why"] for m in manifest["speed_from_flow"]}),
             "box_iou": round(float(np.concatenate(ious).mean()), 3),
             "speed_ratio": round(float(m.mean() / t.mean()), 3),
             "speed_mae": round(float(np.abs(m - t).mean()), 3),

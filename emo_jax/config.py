@@ -473,7 +473,7 @@ class DataConfig:
     worker_buffer_size: int = 2
     # preprocessing (emo-jax preprocess)
     detector: str = "auto"  # face back end: auto | dlib | haar (emo_jax.faces.detect)
-    pose: str = "landmarks"  # head speed: landmarks (flow where none) | flow (emo_jax.faces.pose)
+    pose: str = "flow"  # head speed: flow (in the face track) | landmarks (emo_jax.faces.pose)
     crop_scale: float = 2.0  # crop side / median face box side
     jpeg_quality: int = 95
     min_face_fraction: float = 0.5  # skip a video whose face is found in fewer frames

@@ -2,9 +2,10 @@
 
 For each video: decode at `fps`; detect the face in every frame; fill and smooth the face
 track (from the landmarks where the back end has them); one stable square crop around it,
-resized to `resolution`; head rotation speed per frame (`pose` "landmarks": from the head pose
-of the landmarks, `emo_jax.faces.pose.landmark_speeds`, or from optical flow alone where no
-landmarks are found or with `pose` "flow"; the result says which); the audio track at `sample_rate` (exactly sample_rate / fps samples per frame, zero-padded
+resized to `resolution`; head rotation speed per frame (`pose` "flow": the flow estimator in
+the face track; "landmarks": the head pose of the landmarks, `emo_jax.faces.pose`, falling back
+to flow where the landmarks are missing in half the frames, which the manifest lists); the
+audio track at `sample_rate` (exactly sample_rate / fps samples per frame, zero-padded
 at the end if the audio is a little short). Output folder:
 
   shards/<id>.array_record   one record per frame (emo_jax.data.records)
@@ -123,7 +124,7 @@ def _frames_and_pose(path: Path, settings: Settings, n: int, crop, track: np.nda
     """JPEG crops, per-frame rotation vectors and boxes in crop pixels for the first n frames."""
     x0, y0, side = crop
     res = settings.resolution
-    estimator = POSE_ESTIMATORS["flow"]()  # the flow speeds: alone, or shaping the landmarks'
+    estimator = POSE_ESTIMATORS["flow"]()  # also the fallback of pose "landmarks"
     pose_scale = POSE_SIDE / side
     jpegs, omegas, prev = [], [], None
     for k, frame in enumerate(itertools.islice(iter_frames(path, settings.fps), n)):
@@ -222,18 +223,17 @@ def _process(path: Path, vid: str, out_dir: Path, settings: Settings) -> dict:
 
 
 def _speeds(omegas: np.ndarray, marks: list, settings: Settings, width: int, height: int):
-    """Per-frame speeds (F,), angles (F, 3) and where they came from: "landmarks" (head pose
-    of the landmarks scaling the flow's speeds; angles from the landmarks) or "flow" (flow
-    alone, angles integrated: `pose` "flow", or no landmarks in half the frames)."""
-    flow = speeds_from_omegas(omegas)
+    """Per-frame speeds (F,), angles (F, 3) and where they came from: "landmarks" (the head
+    pose of the landmarks, smoothed) or "flow" (the flow estimator in the face track; angles
+    integrated): `pose` "flow", or no landmarks in half the frames."""
     if settings.pose == "landmarks" and sum(m is not None for m in marks) >= len(marks) / 2:
         angles = np.array(
             [np.full(3, np.nan) if m is None else landmark_angles(m, width, height) for m in marks]
         )
-        speeds, angles = landmark_speeds(angles, flow)
+        speeds, angles = landmark_speeds(angles)
         return speeds, angles, "landmarks"
     reason = "flow" if settings.pose == "flow" else "flow (no landmarks in half the frames)"
-    return flow, integrate(omegas), reason
+    return speeds_from_omegas(omegas), integrate(omegas), reason
 
 
 def _is_done(result_path: Path, path: Path, settings: Settings, out_dir: Path) -> dict | None:
@@ -283,7 +283,7 @@ def build_manifest(results: list[dict], settings: Settings, found: int) -> dict:
         "speed_from_flow": [
             {"file": r["source"], "why": r["speed_source"]}
             for r in ok
-            if r.get("speed_source", "flow") != "landmarks"
+            if r["settings"]["pose"] == "landmarks" and r.get("speed_source") != "landmarks"
         ],
     }
 

@@ -6,15 +6,15 @@ Ry(yaw). The head rotation speed of frame f is the angle of R_f R_{f-1}^T in deg
 (the paper's "rotation between consecutive frames"); frame 0 copies frame 1.
 
 Pose from landmarks (`landmark_angles`): the 68 landmarks fitted (OpenCV's SQPnP) to a mean
-3-D face (`mean_face`). Per-frame landmark angles jitter by a few degrees, more than a talking
-head turns in a frame, so `landmark_speeds` smooths them over time and uses them for the
-speed's scale, and the flow estimator for its frame-to-frame shape (measured on the synthetic
-corpus: bench/bench_faces.py).
+3-D face (`mean_face`). Per-frame landmark angles jitter by a few degrees (more on small
+faces), more than a talking head turns in a frame, so `landmark_speeds` smooths them over time
+before taking speeds.
 
 The flow estimator (`FlowPose`) needs no landmark model: it fits a rigid rotating-ellipsoid
 head (3 rotation + 2 translation parameters) to dense optical flow inside the face box, with
-robust weights, so mouth and eyelid motion count little; on its own it overestimates the speed
-(the ellipsoid is shallower than a face). Estimators are pluggable through `POSE_ESTIMATORS`.
+robust weights, so mouth and eyelid motion count little. Its scale follows the box: in the
+landmark back end's box it is unbiased on the synthetic corpus, in Haar's box it read 1.6x
+the truth (bench/bench_faces.py). Estimators are pluggable through `POSE_ESTIMATORS`.
 """
 
 from __future__ import annotations
@@ -174,27 +174,20 @@ def landmark_angles(landmarks: np.ndarray, width: int, height: int) -> np.ndarra
     return angles_of(flip @ rot @ flip)
 
 
-def landmark_speeds(
-    angles: np.ndarray, flow_speeds: np.ndarray, smooth: float = 3.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame speeds (F,) and smoothed angles (F, 3) from landmark angles (F, 3), NaN rows
-    where no landmarks were found (interpolated; at least one row must be known), and the flow
-    estimator's speeds (F,): the flow speeds scaled so that their sum over the frames with
-    landmarks equals that of the smoothed angles' speeds (the angles' speeds alone where the
-    flow saw no motion)."""
+def landmark_speeds(angles: np.ndarray, smooth: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame speeds (F,) and the smoothed angles (F, 3) from landmark angles (F, 3), NaN
+    rows where no landmarks were found (interpolated; at least one row must be known): the
+    angles smoothed over time (Gaussian, `smooth` frames; odd reflection at the ends, so a
+    steady turn keeps its speed there), then `rotation_speed`."""
     from scipy.ndimage import gaussian_filter1d
 
     known = ~np.isnan(angles).any(axis=1)
     t = np.arange(len(angles))
     filled = np.stack([np.interp(t, t[known], angles[known, k]) for k in range(3)], axis=1)
     if smooth > 0 and len(filled) > 1:
-        pad = min(len(filled) - 1, int(3 * smooth))  # odd reflection at the ends keeps trends
+        pad = min(len(filled) - 1, int(3 * smooth))
         padded = np.concatenate(
             [2 * filled[0] - filled[pad:0:-1], filled, 2 * filled[-1] - filled[-2 : -pad - 2 : -1]]
         )
         filled = gaussian_filter1d(padded, smooth, axis=0, mode="nearest")[pad : pad + len(t)]
-    pose_speeds = rotation_speed(filled)
-    flow_sum = flow_speeds[known].sum()
-    if flow_sum <= 0:
-        return pose_speeds, filled
-    return flow_speeds * (pose_speeds[known].sum() / flow_sum), filled
+    return rotation_speed(filled), filled
