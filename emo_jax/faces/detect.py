@@ -19,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emo_jax.errors import InputError
+
 BROW_MARGIN = 0.1  # box top: this fraction of the brow-to-chin height above the brows
 WORK_SIDE = 320  # images are searched at this short side (more upsampling for small faces)
 
@@ -208,8 +210,6 @@ def make_detector(name: str = "auto") -> Backend:
 def choose_face(faces: list[Face], index: int | None, name: str) -> tuple[Face, str | None]:
     """The face to use (faces largest first): the largest, or number `index`; with a one-line
     notice when there were several and none was named. Errors say what to do."""
-    from emo_jax.errors import InputError
-
     if not faces:
         raise InputError(
             f"{name}: no face found in the portrait (use a photo with the face frontal or three-quarter and at "
