@@ -10,7 +10,9 @@ import math
 
 import numpy as np
 
+from emo_jax.data.preprocess import POSE_SIDE
 from emo_jax.eval.mouth import lower_face
+from emo_jax.faces.pose import POSE_ESTIMATORS, speeds_from_omegas
 
 MIN_BUCKET_FRAMES = 10  # a speed bucket counts with at least this many frames
 SPEED_RESOLUTION = 1e-3  # degrees per frame: smaller differences are not motion
@@ -38,9 +40,6 @@ def head_speeds(frames: np.ndarray, boxes: np.ndarray, estimator: str = "flow") 
     face boxes (F, 4), measured as preprocessing does (`emo_jax.faces.pose`, frames resized to
     POSE_SIDE, median over 3 frames; frame 0 copies frame 1)."""
     import cv2
-
-    from emo_jax.data.preprocess import POSE_SIDE
-    from emo_jax.faces.pose import POSE_ESTIMATORS, speeds_from_omegas
 
     pose = POSE_ESTIMATORS[estimator]()
     scale = POSE_SIDE / frames.shape[1]
