@@ -77,6 +77,11 @@ def test_no_face_suggests_mask(capsys, tmp_path, noise_image):
     assert "no face found" in line and "--mask" in line
 
 
+def test_face_index_out_of_range(capsys, tmp_path):
+    line = run_bad(capsys, tmp_path, "--image", IMAGE, "--audio", AUDIO, "--face", "3")
+    assert "--face 3: 1 face(s) found, numbered 0 to 0" in line
+
+
 def test_mask_lets_a_faceless_portrait_through(tmp_path, noise_image):
     mask = np.zeros((96, 160), np.uint8)
     mask[20:60, 70:110] = 255
