@@ -19,21 +19,23 @@ from pathlib import Path
 
 
 def build(root: Path, resolution: int) -> Path:
-    from emo_jax.config import DataConfig
+    from emo_jax.config import Config, DataConfig
     from emo_jax.data.preprocess import preprocess
     from emo_jax.data.synth import make_corpus
 
     videos, out = root / f"videos{resolution}", root / f"processed{resolution}"
     if not (out / "manifest.json").is_file():
         make_corpus(videos, identities=4, seconds=6.0, size=resolution, workers=2, progress=False)
-        preprocess(videos, out, DataConfig(resolution=resolution), workers=2, progress=False)
+        preprocess(
+            videos, out, Config(data=DataConfig(resolution=resolution)), workers=2, progress=False
+        )
     return out
 
 
 def throughput(
     shards: Path, resolution: int, mode: str, workers: int, batches: int, hue: float
 ) -> float:
-    from emo_jax.config import DataConfig
+    from emo_jax.config import Config, DataConfig
     from emo_jax.data.pipeline import make_loader
 
     batch = 4 if mode == "video" else 16
@@ -45,7 +47,7 @@ def throughput(
         worker_count=workers,
         hue_augment=hue,
     )
-    it = iter(make_loader(cfg, 0, 1))
+    it = iter(make_loader(Config(data=cfg), 0, 1))
     for _ in range(3):  # warm-up: worker start-up, first reads
         next(it)
     start = time.perf_counter()

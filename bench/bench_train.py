@@ -77,13 +77,13 @@ def measure(config: str, overrides: list[str], steps: int) -> dict:
     state_sh, _, vae_sh, _ = setup.shardings
     params, _ = initial_params(cfg, setup.model, setup.param_shardings)
     trainable, frozen = split(params, cfg.train.trainable)
-    state = jax.jit(lambda p: init_state(p, setup.optimizer, cfg), out_shardings=state_sh)(
+    state = jax.jit(lambda p: init_state(p, setup.optimizer, cfg.train), out_shardings=state_sh)(
         trainable
     )
     vae = jax.device_put(load_vae(cfg, setup.vae), vae_sh)
     t0 = time.perf_counter()
     compiled = setup.step.lower(
-        setup.abstract_state, setup.abstract_frozen, setup.abstract_vae, setup.abstract_batch
+        setup.abstract_state, setup.abstract_frozen, setup.abstract_inputs, setup.abstract_batch
     ).compile()
     compile_s = time.perf_counter() - t0
     batches = [_random_batch(setup, i) for i in range(2)]
@@ -120,7 +120,7 @@ def tiny(steps: int) -> None:
         f"{'step ms':>8} {'examples/s':>10} {'peak MiB':>8}"
     )
     for stage in (1, 2, 3):
-        r = measure(str(REPO / f"configs/train/tiny_stage{stage}.yaml"), [], steps)
+        r = measure(str(REPO / "configs/train/tiny.yaml"), [f"train.stage={stage}"], steps)
         print(
             f"{stage:>5} {r['batch']:>5} {r['trainable_params']:>10,} {r['frozen_params']:>9,} "
             f"{r['compile_s']:>9.1f} {r['step_ms']:>8.1f} {r['examples_per_s']:>10.1f} "
@@ -152,7 +152,8 @@ def scaling(steps: int, per_device: int) -> None:
     for n in (1, 2, 4, 8):
         over = [f"data.batch_size={per_device * n}", "parallel.data=-1"]
         r = _subprocess(
-            ["_measure", str(REPO / "configs/train/tiny_stage3.yaml"), str(steps), *over], n
+            ["_measure", str(REPO / "configs/train/tiny.yaml"), str(steps), "train.stage=3", *over],
+            n,
         )
         print(
             f"{n:>7} {r['batch']:>5} {r['compile_s']:>9.1f} {r['step_ms']:>8.1f} "
@@ -170,11 +171,12 @@ def full_memory(stage: int, mesh: str, overrides: list[str]) -> dict:
 
     sizes = [int(s) for s in mesh.split("x")] + [1]
     over = [f"parallel.data={sizes[0]}", f"parallel.fsdp={sizes[1]}", f"parallel.tensor={sizes[2]}"]
-    cfg = load_config(str(REPO / f"configs/train/stage{stage}.yaml"), [*over, *overrides])
+    paper = str(REPO / "configs/train/paper.yaml")
+    cfg = load_config(paper, [f"train.stage={stage}", *over, *overrides])
     setup = build(cfg, make_mesh(cfg.parallel))
     t0 = time.perf_counter()
     compiled = setup.step.lower(
-        setup.abstract_state, setup.abstract_frozen, setup.abstract_vae, setup.abstract_batch
+        setup.abstract_state, setup.abstract_frozen, setup.abstract_inputs, setup.abstract_batch
     ).compile()
     mem = compiled.memory_analysis()
     state = setup.abstract_state
@@ -187,7 +189,7 @@ def full_memory(stage: int, mesh: str, overrides: list[str]) -> dict:
         "optimizer_mib": _per_device(state.opt_state) / MIB,
         "ema_mib": _per_device(state.ema) / MIB,
         "frozen_mib": _per_device(setup.abstract_frozen) / MIB,
-        "vae_mib": _per_device(setup.abstract_vae) / MIB,
+        "vae_mib": _per_device(setup.abstract_inputs) / MIB,
         "batch_mib": _per_device(setup.abstract_batch) / MIB,
         "temp_mib": mem.temp_size_in_bytes / MIB,
         "peak_mib": (

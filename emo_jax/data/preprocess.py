@@ -11,6 +11,7 @@ at the end if the audio is a little short). Output folder:
   shards/<id>.array_record   one record per frame (emo_jax.data.records)
   videos/<id>.json           the per-video result: done marker, or why it was skipped
   manifest.json              settings, counts, the shard list, skipped and trimmed files
+                             (written only when at least one video is usable)
 
 Runs are resumable: a video whose result file matches the file's size, mtime and the settings is
 not processed again. Bad input (not a video, no audio track, no face, corrupt data) is reported
@@ -30,7 +31,7 @@ import cv2
 import numpy as np
 
 from emo_jax.audio.io import load_audio
-from emo_jax.config import DataConfig
+from emo_jax.config import Config, clip_spec
 from emo_jax.data import records
 from emo_jax.data.video import CorruptVideoError, iter_frames, probe
 from emo_jax.errors import InputError
@@ -66,16 +67,20 @@ class Settings:
     min_frames: int
 
     @classmethod
-    def from_config(cls, cfg: DataConfig) -> Settings:
-        """The settings of `cfg`, the face back end resolved ("auto" -> what is installed)."""
-        if cfg.pose not in ("landmarks", "flow"):
-            raise InputError(f"data.pose: {cfg.pose!r} is not one of landmarks, flow")
+    def from_config(cls, cfg: Config) -> Settings:
+        """config.data's settings, the face back end resolved ("auto" -> what is installed);
+        frame and sample rate: config.model's (`clip_spec`)."""
+        if cfg.data.pose not in ("landmarks", "flow"):
+            raise InputError(f"data.pose: {cfg.data.pose!r} is not one of landmarks, flow")
         try:
-            detector = resolve(cfg.detector)
+            detector = resolve(cfg.data.detector)
         except ValueError as e:
             raise InputError(f"data.detector: {e}") from None
-        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)}
-        return cls(**{**fields, "detector": detector})
+        clip = clip_spec(cfg.model)
+        rates = {"fps": clip.fps, "sample_rate": clip.sample_rate}
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in rates]
+        fields = {name: getattr(cfg.data, name) for name in names}
+        return cls(**rates, **{**fields, "detector": detector})
 
 
 def video_id(rel: Path) -> str:
@@ -188,12 +193,16 @@ def _process(path: Path, vid: str, out_dir: Path, settings: Settings) -> dict:
         note = (note + "; " if note else "") + f"audio ends at frame {n} of {len(boxes)}"
     boxes = boxes[:n]
     if n < settings.min_frames:
-        raise InputError(f"{path}: only {n} usable frames (< {settings.min_frames})")
+        raise InputError(
+            f"{path}: too short: {n} frames with sound ({n / settings.fps:.1f} s), "
+            f"{settings.min_frames} needed"
+        )
     found = sum(b is not None for b in boxes)
-    if found == 0:
-        raise InputError(f"{path}: no face detected")
     if found < settings.min_face_fraction * n:
-        raise InputError(f"{path}: face found in only {found} of {n} frames")
+        raise InputError(
+            f"{path}: no face in {n - found} of {n} frames (a face is needed in "
+            f"{settings.min_face_fraction:.0%} of them)"
+        )
     track = fill_track(boxes)
     crop = stable_crop(track, info.width, info.height, settings.crop_scale)
     jpegs, omegas, crop_boxes = _frames_and_pose(path, settings, n, crop, track)
@@ -291,11 +300,12 @@ def build_manifest(results: list[dict], settings: Settings, found: int) -> dict:
 def preprocess(
     videos_dir: str | Path,
     out_dir: str | Path,
-    cfg: DataConfig,
+    cfg: Config,
     workers: int = 1,
     progress: bool = True,
 ) -> dict:
-    """Preprocesses every video under `videos_dir` into `out_dir`; returns the manifest."""
+    """Preprocesses every video under `videos_dir` into `out_dir` with `cfg.data`'s settings
+    at `cfg.model`'s frame and sample rate; returns the manifest."""
     from tqdm import tqdm
 
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
@@ -323,5 +333,6 @@ def preprocess(
                 bar.update()
     bar.close()
     manifest = build_manifest(results, settings, len(paths))
-    write_json(manifest, out_dir / "manifest.json")
+    if manifest["counts"]["videos_ok"]:
+        write_json(manifest, out_dir / "manifest.json")
     return manifest

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from emo_jax.audio.io import load_audio
-from emo_jax.errors import InputError
+from emo_jax.errors import InputError, check_input
 from emo_jax.faces.detect import choose_face, make_detector
 from emo_jax.faces.track import stable_crop
 
@@ -59,9 +59,7 @@ def read_image(image: Any, kind: str = "image") -> np.ndarray:
 
     name = _describe(image, kind)
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise InputError(f"{path}: {kind} file not found")
+        path = check_input(image, f"{kind} file")
         try:
             with Image.open(path) as im:
                 image = ImageOps.exif_transpose(im).convert("RGB")
@@ -177,7 +175,7 @@ def to_mono(wave: np.ndarray, name: str = "waveform") -> np.ndarray:
 def read_audio(audio: Any, sample_rate: int | None, target_rate: int) -> tuple[np.ndarray, str]:
     """(mono float32 waveform at `target_rate`, name) from a file or a waveform + its rate."""
     if isinstance(audio, (str, Path)):
-        return load_audio(audio, target_rate), str(audio)
+        return load_audio(check_input(audio, "audio file"), target_rate), str(audio)
     if isinstance(audio, tuple) and len(audio) == 2:
         audio, sample_rate = audio
     if sample_rate is None:
@@ -194,9 +192,7 @@ def read_audio(audio: Any, sample_rate: int | None, target_rate: int) -> tuple[n
 
 def read_speed_curve(path: str | Path) -> np.ndarray:
     """Per-second speeds from a text file: one number per line, `#` comments."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: speed curve file not found")
+    path = check_input(path, "speed curve file")
     values = []
     try:
         lines = path.read_text().splitlines()
@@ -207,9 +203,12 @@ def read_speed_curve(path: str | Path) -> np.ndarray:
         if not text:
             continue
         try:
-            values.append(float(text))
+            value = float(text)
         except ValueError:
             raise InputError(f"{path}:{i}: {text!r} is not a number (one speed per line)") from None
+        if not np.isfinite(value) or value < 0:
+            raise InputError(f"{path}:{i}: {text}: speeds are finite numbers >= 0")
+        values.append(value)
     if not values:
         raise InputError(f"{path}: no speed values (one number per line, one per second)")
     return np.array(values, np.float64)
