@@ -132,6 +132,8 @@ def make_generate(pipe: EMOPipeline, out_dir: Path) -> Callable[..., tuple[str, 
             f"{job.num_clips} clips, {result.reference.image.shape[0]} px, "
             f"made in {result.seconds:.1f} s."
         )
+        if job.reference.notice:  # e.g. several faces: the largest was used
+            summary += " " + _friendly(job.reference.notice, uploads)
         return str(result.path), summary
 
     return generate

@@ -557,8 +557,8 @@ class DataConfig:
     worker_count: int = 0  # Grain worker processes (0: load in the main process)
     worker_buffer_size: int = 2
     # preprocessing (emo-jax preprocess)
-    detector: str = "haar"  # emo_jax.data.faces.DETECTORS
-    pose: str = "flow"  # emo_jax.data.pose.POSE_ESTIMATORS
+    detector: str = "auto"  # face back end: auto | dlib | haar (emo_jax.faces.detect)
+    pose: str = "flow"  # head speed: flow (in the face track) | landmarks (emo_jax.faces.pose)
     crop_scale: float = 2.0  # crop side / median face box side
     jpeg_quality: int = 95
     min_face_fraction: float = 0.5  # skip a video whose face is found in fewer frames

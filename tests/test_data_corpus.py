@@ -10,11 +10,11 @@ import soundfile as sf
 
 from emo_jax.config import Config, ConfigError, DataConfig, TrainConfig, load_config
 from emo_jax.data import records, synth
-from emo_jax.data.faces import box_iou
 from emo_jax.data.pipeline import YIQ, make_loader, rotate_hue
 from emo_jax.data.preprocess import preprocess
 from emo_jax.data.video import VideoWriter
 from emo_jax.errors import InputError
+from emo_jax.faces.track import box_iou
 from emo_jax.train.data import eval_data
 
 RES = 64

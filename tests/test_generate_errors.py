@@ -53,6 +53,11 @@ def test_missing_image_with_the_example_audio(capsys, tmp_path):
     assert err[1:] == [f"emo-jax generate: error: {tmp_path / 'nope.png'}: image file not found"]
 
 
+def test_face_index_out_of_range(capsys, tmp_path):
+    line = run_bad(capsys, tmp_path, "--image", IMAGE, "--audio", AUDIO, "--face", "3")
+    assert "--face 3: 1 face(s) found, numbered 0 to 0" in line
+
+
 def test_mask_lets_a_faceless_portrait_through(tmp_path, noise_image):
     mask = np.zeros((96, 160), np.uint8)
     mask[20:60, 70:110] = 255

@@ -22,6 +22,7 @@ LAYERS = (
     ("audio",),
     ("diffusion",),
     ("parallel",),
+    ("faces",),
     ("data",),
     ("checkpoint",),
     ("interop",),

@@ -102,6 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resolution", type=whole(1), help="square side in pixels (default: the model's)"
     )
     g.add_argument("--mask", help="face-region mask image, the portrait's size (white: face)")
+    g.add_argument(
+        "--face", type=int, help="which face when there are several (0: the largest, default)"
+    )
     g.add_argument("--frames-dir", help="also write PNG frames to this (new or empty) folder")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -148,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
             "motion_frames": args.motion_frames,
             "resolution": args.resolution,
             "mask": args.mask,
+            "face": args.face,
         }
         job = pipe.prepare(image, audio, **{k: v for k, v in options.items() if v is not None})
         print(f"emo-jax generate: loading {pipe.model.source}", file=sys.stderr, flush=True)

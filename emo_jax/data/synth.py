@@ -41,9 +41,9 @@ import numpy as np
 
 from emo_jax.config import AudioConfig
 from emo_jax.data import sentences, speech, visemes
-from emo_jax.data.pose import rotation, rotation_speed
 from emo_jax.data.video import FPS, VideoWriter
 from emo_jax.errors import InputError
+from emo_jax.faces.pose import rotation, rotation_speed
 from emo_jax.files import atomic_write, write_json
 
 SAMPLE_RATE = AudioConfig.sample_rate  # the default model's

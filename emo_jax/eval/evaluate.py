@@ -24,7 +24,7 @@ reference image repeated (a control that cannot follow the audio). Metrics
   next one, cyclically): what lip sync reads when the video follows the wrong audio;
 - identity: PSNR and SSIM of the face outside the mouth against the ground-truth frames;
 - head speed: frames pooled over clips into buckets of requested speed (the model's speed
-  centres); Spearman of the bucket centres with the mean measured speed (`data.pose.FlowPose`);
+  centres); Spearman of the bucket centres with the mean measured speed (`faces.pose.FlowPose`);
 - seams: mean frame-to-frame change into the first frame of each generated clip (f, 2f, ...)
   over the mean change within clips, pooled over clips (1: seamless).
 """

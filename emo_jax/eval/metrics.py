@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 
-from emo_jax.data.pose import POSE_ESTIMATORS, speeds_from_omegas
 from emo_jax.data.preprocess import POSE_SIDE
 from emo_jax.eval.mouth import lower_face
+from emo_jax.faces.pose import POSE_ESTIMATORS, speeds_from_omegas
 
 MIN_BUCKET_FRAMES = 10  # a speed bucket counts with at least this many frames
 SPEED_RESOLUTION = 1e-3  # degrees per frame: smaller differences are not motion
@@ -38,7 +38,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def head_speeds(frames: np.ndarray, boxes: np.ndarray, estimator: str = "flow") -> np.ndarray:
     """Head rotation speed (F,) in degrees per frame of frames (F, H, W, 3) with Haar-convention
-    face boxes (F, 4), measured as preprocessing does (`emo_jax.data.pose`, frames resized to
+    face boxes (F, 4), measured as preprocessing does (`emo_jax.faces.pose`, frames resized to
     POSE_SIDE, median over 3 frames; frame 0 copies frame 1)."""
     import cv2
 

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ class Options:
     resolution: int | None = None  # square side in pixels (default: unet.sample_size latents)
     mask: Any = None  # face-region mask image (path / PIL / array); None: from the detected face
     face_expand: float = FACE_EXPAND  # detected face box enlargement for the mask
+    face: int | None = None  # which detected face (0: the largest); None: the largest, noticed
     crop_scale: float | None = None  # crop side / face size (data.crop_scale)
     decode_chunk: int = 4  # frames per VAE decode call
 
@@ -224,7 +226,10 @@ class EMOPipeline:
             opts.face_expand,
             opts.mask,
             config.data.detector,
+            opts.face,
         )
+        if reference.notice:
+            warnings.warn(reference.notice, stacklevel=2)
         wave, name = read_audio(audio, sample_rate, audio_cfg.sample_rate)
 
         features = AudioFeatures(audio_cfg)
