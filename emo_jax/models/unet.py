@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from emo_jax.checkpoint import pretrained
-from emo_jax.config import TemporalConfig, UNetConfig
+from emo_jax.config import HalloConfig, TemporalConfig, UNetConfig
 from emo_jax.nn.activations import get_activation
+from emo_jax.nn.audio_attention import AudioModule
 from emo_jax.nn.embeddings import TimestepEmbedding, timestep_embedding
 from emo_jax.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D, conv, group_norm
 from emo_jax.nn.temporal import TemporalTransformer
@@ -150,6 +151,9 @@ class UNetBlock(nn.Module):
     zero_init_cross_out: bool = False
     num_frames: int = 1
     upsample_size: tuple[int, int] | None = None
+    hallo: HalloConfig | None = None
+    level: int = 0  # Hallo: the region-mask level of this block's resolution
+    audio_widths: tuple[int, ...] = ()  # Hallo: per layer, the block input width its audio uses
     dtype: Any = jnp.float32
 
     def resnet(self, i: int, x: jax.Array, temb: jax.Array) -> jax.Array:
@@ -188,11 +192,34 @@ class UNetBlock(nn.Module):
             reference_keep,
         )
 
+    def audio_module(self, i: int, x: jax.Array, audio) -> jax.Array:
+        """Hallo's audio module i (after the spatial transformer), `audio` = (tokens, masks per
+        level, motion_scale)."""
+        hallo, spec = self.hallo, self.spec
+        if hallo is None or not spec.attention or self.write_reference:
+            return x
+        tokens, masks, scale = audio
+        regions = self.kind in hallo.audio_blocks and self.level in hallo.audio_depths
+        return AudioModule(
+            spec.heads,
+            self.audio_widths[i] // spec.heads,
+            norm_num_groups=self.cfg.norm_num_groups,
+            regions=regions,
+            dtype=self.dtype,
+            name=f"audio_modules_{i}",
+        )(x, tokens, masks[self.level] if regions else None, scale)
+
     def motion_module(self, i: int, x: jax.Array, motion, speed_tokens) -> jax.Array:
-        """Temporal module i, with the motion frames' features prepended along the frame axis."""
+        """Temporal module i, with the motion frames' features prepended along the frame axis.
+
+        Hallo runs its denoiser in training mode, where the temporal modules of blocks without
+        attention never run: they exist (their weights are in the checkpoint) but are skipped."""
         if self.write_reference:
             self.sow(MOTION, f"motion_{i}", x)
         if self.temporal is None:
+            return x
+        skip = self.hallo is not None and not self.spec.attention
+        if skip and not self.is_initializing():
             return x
         f = self.num_frames
         b = x.shape[0] // f
@@ -209,9 +236,12 @@ class UNetBlock(nn.Module):
             norm_num_groups=self.temporal.motion_norm_num_groups,
             max_positions=self.temporal.motion_max_seq_length,
             speed=self.speed,
+            norm_per_frame=self.temporal.norm_per_frame,
             dtype=self.dtype,
             name=f"motion_modules_{i}",
         )(x, n + f, speed_tokens, n)
+        if skip:
+            return x
         return x.reshape(b, n + f, *x.shape[1:])[:, n:].reshape(b * f, *x.shape[1:])
 
     @nn.compact
@@ -225,12 +255,14 @@ class UNetBlock(nn.Module):
         motion: dict | None = None,
         speed_tokens: jax.Array | None = None,
         skips: tuple[jax.Array, ...] = (),
+        audio: tuple | None = None,
     ):
         spec = self.spec
         if self.kind == "mid":
             x = self.resnet(0, x, temb)
             if spec.attention:
                 x = self.attention(0, x, context, references, reference_keep)
+            x = self.audio_module(0, x, audio)
             x = self.motion_module(0, x, motion, speed_tokens)
             return self.resnet(1, x, temb)
         outputs = []
@@ -240,6 +272,7 @@ class UNetBlock(nn.Module):
             x = self.resnet(i, x, temb)
             if spec.attention:
                 x = self.attention(i, x, context, references, reference_keep)
+            x = self.audio_module(i, x, audio)
             x = self.motion_module(i, x, motion, speed_tokens)
             outputs.append(x)
         if spec.resample and self.kind == "down":
@@ -263,6 +296,9 @@ class UNet2DConditionModel(nn.Module):
         (`conv_norm_out`, `conv_out`), which nothing reads, is not built.
       temporal / speed: backbone temporal modules (AnimateDiff), with the speed layer.
       zero_init_cross_out: the cross-attention (audio-attention) output starts at zero.
+      hallo: Hallo's denoiser: audio modules after the spatial transformers (`audio_tokens`
+        (B*F, K, D), `region_masks` per level (full, face, lip) (B*F, L^2), `motion_scale`
+        (3,)); temporal modules only in blocks with attention (emo_jax.models.hallo).
       remat: rematerialise every block in the backward pass.
     Call inputs for video: frames folded into the batch (B*F, H, W, C) with `num_frames=F`;
     `references` / `motion` from a ReferenceNet run; `speed_tokens` (B, F, L);
@@ -274,6 +310,7 @@ class UNet2DConditionModel(nn.Module):
     temporal: TemporalConfig | None = None
     speed: bool = False
     zero_init_cross_out: bool = False
+    hallo: HalloConfig | None = None
     remat: bool = False
     dtype: Any = jnp.float32
 
@@ -289,6 +326,9 @@ class UNet2DConditionModel(nn.Module):
         motion: dict | None = None,
         speed_tokens: jax.Array | None = None,
         sample_residual: jax.Array | None = None,
+        audio_tokens: jax.Array | None = None,
+        region_masks: tuple | None = None,
+        motion_scale: jax.Array | None = None,
     ) -> jax.Array:
         cfg = self.config
         down_specs, mid_spec, up_specs = block_specs(cfg)
@@ -321,7 +361,10 @@ class UNet2DConditionModel(nn.Module):
         sub = lambda tree, name: None if tree is None else tree.get(name)  # noqa: E731
         block_cls = nn.remat(UNetBlock) if self.remat else UNetBlock
 
-        def block(kind, spec, name, heads, x, skips=(), size=None):
+        audio = None if audio_tokens is None else (audio_tokens, region_masks, motion_scale)
+        widths = audio_widths(cfg, down_specs, up_specs)
+
+        def block(kind, spec, name, heads, x, skips=(), size=None, level=0):
             return block_cls(
                 kind,
                 spec,
@@ -335,6 +378,9 @@ class UNet2DConditionModel(nn.Module):
                 zero_init_cross_out=self.zero_init_cross_out,
                 num_frames=num_frames,
                 upsample_size=size,
+                hallo=self.hallo,
+                level=level,
+                audio_widths=widths[name],
                 dtype=self.dtype,
                 name=name,
             )(
@@ -346,6 +392,7 @@ class UNet2DConditionModel(nn.Module):
                 sub(motion, name),
                 speed_tokens,
                 skips,
+                audio,
             )
 
         x = conv(cfg.block_out_channels[0], cfg.conv_in_kernel, self.dtype, "conv_in")(sample)
@@ -353,14 +400,16 @@ class UNet2DConditionModel(nn.Module):
             x = x + sample_residual.astype(self.dtype)
         skips = [x]
         for i, spec in enumerate(down_specs):
-            x, out = block("down", spec, f"down_blocks_{i}", theads[i], x)
+            x, out = block("down", spec, f"down_blocks_{i}", theads[i], x, level=i)
             skips.extend(out)
         if mid_spec is not None:
-            x = block("mid", mid_spec, "mid_block", theads[-1], x)
+            x = block("mid", mid_spec, "mid_block", theads[-1], x, level=n_blocks - 1)
         for i, spec in enumerate(up_specs):
             own, skips = skips[-spec.num_layers :], skips[: -spec.num_layers]
             size = tuple(skips[-1].shape[1:3]) if skips else None
-            x = block("up", spec, f"up_blocks_{i}", theads[::-1][i], x, tuple(own), size)
+            x = block(
+                "up", spec, f"up_blocks_{i}", theads[::-1][i], x, tuple(own), size, n_blocks - 1 - i
+            )
         if self.write_reference:
             return x
         if cfg.norm_num_groups is not None:
@@ -377,6 +426,22 @@ class UNet2DConditionModel(nn.Module):
     def save_pretrained(params: Any, config: UNetConfig, folder) -> None:
         """Writes a diffusers `UNet2DConditionModel` folder."""
         pretrained.save_pretrained(params, config, folder, UNET_FORMAT)
+
+
+def audio_widths(
+    cfg: UNetConfig, down: tuple[BlockSpec, ...], up: tuple[BlockSpec, ...]
+) -> dict[str, tuple[int, ...]]:
+    """{block name: per layer, the width Hallo's audio module attends in}: the layer's input
+    width in down blocks, the block's `in_channels` (the next-deeper width) in up blocks."""
+    outs = cfg.block_out_channels
+    n = len(outs)
+    out = {"mid_block": (outs[-1],)}
+    for i, spec in enumerate(down):
+        first = outs[max(i - 1, 0)]
+        out[f"down_blocks_{i}"] = (first,) + (spec.out_channels,) * (spec.num_layers - 1)
+    for i, spec in enumerate(up):
+        out[f"up_blocks_{i}"] = (outs[::-1][min(i + 1, n - 1)],) * spec.num_layers
+    return out
 
 
 def dummy_inputs(cfg: UNetConfig) -> tuple:

@@ -21,6 +21,8 @@ class TemporalTransformer(nn.Module):
     starts at zero, so a new module is the identity. With `speed`, `speed_norm` + `speed_attn`
     (zero-initialised output) let each frame attend to the clip's speed tokens (B, F_s, L).
     Speed token j sits at frame position `speed_offset + j` (after the motion frames).
+    `norm_per_frame`: the GroupNorm's statistics are per frame (AnimateDiff's original code and
+    Hallo), not over all frames (diffusers).
     """
 
     heads: int
@@ -28,6 +30,7 @@ class TemporalTransformer(nn.Module):
     norm_num_groups: int = 32
     max_positions: int = 32
     speed: bool = False
+    norm_per_frame: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -41,9 +44,11 @@ class TemporalTransformer(nn.Module):
         bf, h, w, c = x.shape
         b = bf // num_frames
         residual = x
-        x = group_norm(self.norm_num_groups, 1e-6, self.dtype, "norm")(
-            x.reshape(b, num_frames, h, w, c)
-        )  # statistics over (F, H, W) per channel group, as (b, c, f, h, w) in PyTorch
+        norm = group_norm(self.norm_num_groups, 1e-6, self.dtype, "norm")
+        if self.norm_per_frame:
+            x = norm(x).reshape(b, num_frames, h, w, c)
+        else:  # statistics over (F, H, W) per channel group, as (b, c, f, h, w) in PyTorch
+            x = norm(x.reshape(b, num_frames, h, w, c))
         x = x.transpose(0, 2, 3, 1, 4).reshape(b * h * w, num_frames, c)  # (B*H*W, F, C)
         x = nn.Dense(c, dtype=self.dtype, name="proj_in")(x)
         for i in range(self.num_layers):

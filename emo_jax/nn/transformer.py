@@ -69,7 +69,8 @@ class BasicTransformerBlock(nn.Module):
     """norm1 -> self-attention (attn1) -> norm2 -> cross-attention (attn2) -> norm3 -> ff.
 
     `write_reference`: record norm1's output (ReferenceNet). `reference`: (B, S, C) tokens of
-    the ReferenceNet twin, appended to attn1's keys/values for every frame (backbone).
+    the ReferenceNet twin, appended to attn1's keys/values for every frame (backbone), or
+    (B*F, S, C), one set per frame.
     `cross_attention`: False drops norm2/attn2 (a block with nothing to cross-attend to); with
     no `context`, attn2 is a second self-attention (AnimateDiff's temporal blocks).
     `max_positions`: sinusoidal positions are added before attn1 and attn2 (temporal blocks).
@@ -106,7 +107,9 @@ class BasicTransformerBlock(nn.Module):
         if self.only_cross_attention:
             kv = context
         elif reference is not None:
-            ref = jnp.repeat(reference.astype(h.dtype), num_frames, axis=0)  # (B*F, S, C)
+            ref = reference.astype(h.dtype)
+            if ref.shape[0] != h.shape[0]:  # one per video, else one per frame (Hallo)
+                ref = jnp.repeat(ref, num_frames, axis=0)  # (B*F, S, C)
             kv = jnp.concatenate([h, ref], axis=1)  # (B*F, T+S, C)
             if reference_keep is not None:
                 keep = jnp.repeat(reference_keep, num_frames)[:, None]  # (B*F, 1)
