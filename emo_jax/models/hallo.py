@@ -15,8 +15,9 @@ ReferenceNet and the denoiser, with what Hallo adds switched on by `model.emo.fa
 - the denoiser as Hallo runs it (its training-mode branch): motion frames enter the temporal
   modules of the blocks with attention; those of the blocks without attention never run.
 
-    features = model.apply(p, stack, face_emb, method=HalloModel.encode_reference)  # per clip
-    out = model.apply(p, latents, t, features, audio, face_emb, region, masks, scale)  # per step
+    conds = model.apply(p, face_emb, audio, region, method=HalloModel.conditions)
+    features = encode_reference(model, p, stack, conds["context"])  # once per clip
+    out = model.apply(p, latents, t, features, conds, masks, motion_scale)  # per step
 
 Batches are Hallo's guided pair for one video: row 0 unconditional (no face embedding, audio,
 face locator or reference), row 1 conditional.
@@ -72,15 +73,32 @@ class HalloModel(nn.Module):
         """(1, E) embedding -> (2, T, D): [tokens of a zero embedding; tokens of `face_emb`]."""
         return self.image_proj(jnp.concatenate([jnp.zeros_like(face_emb), face_emb]))
 
-    def encode_reference(self, stack: jax.Array, face_emb: jax.Array) -> dict:
+    def conditions(
+        self, face_emb: jax.Array, audio: jax.Array, face_region: jax.Array
+    ) -> dict[str, jax.Array]:
+        """The guided pair's conditions, as Hallo's pipeline forms them (row 0 unconditional):
+        face_emb (1, E); audio (1, F, 2m+1, layers, dim) windows; face_region (1, H, W, 3) in
+        [0, 1] -> {"context" (2, T, D) face tokens, "audio" (2, F, K, Da) audio tokens,
+        "residual" (2, F, h, w, C0) face-locator features}."""
+        f = audio.shape[1]
+        tokens = self.audio_proj(audio)  # (1, F, K, Da)
+        region = self.face_locator(face_region)  # (1, h, w, C0)
+        region = jnp.broadcast_to(region[:, None], (1, f, *region.shape[1:]))
+        return {
+            "context": self.face_tokens(face_emb),
+            "audio": jnp.concatenate([jnp.zeros_like(tokens), tokens]),
+            "residual": jnp.concatenate([jnp.zeros_like(region), region]),
+        }
+
+    def encode_reference(self, stack: jax.Array, context: jax.Array) -> dict:
         """Hallo's reference bank for one clip: `stack` (1+M, h, w, 4) = the reference latent
-        and the M motion-frame latents; `face_emb` (1, E). Returns {"reference": per spatial
-        transformer block (2, S, C), the two copies; "motion": per temporal position
-        (2*M, h', w', C)}. Needs the REFERENCE collection mutable (see `encode_reference`)."""
+        and the M motion-frame latents; `context` (2, T, D) the face tokens of the guided pair.
+        Returns {"reference": per spatial transformer block (2, S, C), the two copies;
+        "motion": per temporal position (2*M, h', w', C)}. Needs the REFERENCE collection
+        mutable (see `encode_reference`)."""
         n = stack.shape[0]
-        ctx = self.face_tokens(face_emb)
         x = jnp.concatenate([stack, stack])  # (2(1+M), h, w, 4)
-        self.reference_unet(x, jnp.zeros((2 * n,), jnp.int32), ctx[jnp.arange(2 * n) % 2])
+        self.reference_unet(x, jnp.zeros((2 * n,), jnp.int32), context[jnp.arange(2 * n) % 2])
         sown = jax.tree_util.tree_map(
             lambda t: t[0],
             dict(self.reference_unet.variables[REFERENCE]),
@@ -106,59 +124,43 @@ class HalloModel(nn.Module):
         latents: jax.Array,
         timesteps: jax.Array,
         features: dict,
-        audio: jax.Array,
-        face_emb: jax.Array,
-        face_region: jax.Array,
+        conditions: dict[str, jax.Array],
         masks: tuple,
         motion_scale: jax.Array,
     ) -> jax.Array:
-        """The guided pair's denoiser output (2, F, h, w, 4) for latents (2, F, h, w, 4).
+        """Hallo's denoising_unet on the guided pair: latents (2, F, h, w, 4) -> (2, F, h, w, 4).
 
-        audio (1, F, 2m+1, layers, dim) windows; face_emb (1, E); face_region (1, 8h, 8w, 3)
-        in [0, 1]; masks: per level k (latent side / 2^k) the (full, face, lip) masks
-        (1, F, L_k^2) or (1, L_k^2); motion_scale (3,)."""
+        features from `encode_reference`; conditions from `conditions`; masks per level k
+        (latent side / 2^k) the (full, face, lip) masks (2F, L_k^2); motion_scale (3,)."""
         b, f, h, w, c = latents.shape
         x = latents.reshape(b * f, h, w, c)  # (2F, h, w, 4)
-        context = jnp.repeat(self.face_tokens(face_emb), f, axis=0)  # (2F, T, D)
-        tokens = self.audio_proj(audio)  # (1, F, K, Da)
-        tokens = jnp.concatenate([jnp.zeros_like(tokens), tokens]).reshape(b * f, *tokens.shape[2:])
-        region = self.face_locator(face_region)  # (1, h, w, C0)
-        residual = jnp.concatenate(
-            [jnp.zeros((f, *region.shape[1:]), region.dtype), jnp.repeat(region, f, axis=0)]
-        )  # (2F, h, w, C0)
+        context = jnp.repeat(conditions["context"], f, axis=0)  # (2F, T, D)
+        tokens = conditions["audio"].reshape(b * f, *conditions["audio"].shape[2:])
+        residual = conditions["residual"].reshape(b * f, *conditions["residual"].shape[2:])
         rows = jnp.arange(b * f) % 2  # Hallo's tiled bank: row i reads reference copy i % 2
         references = jax.tree_util.tree_map(lambda t: t[rows], features["reference"])
-        level_masks = tuple(
-            tuple(
-                jnp.broadcast_to(m.reshape(1, -1, m.shape[-1]), (1, f, m.shape[-1]))
-                .repeat(b, axis=0)
-                .reshape(b * f, m.shape[-1])
-                for m in level
-            )
-            for level in masks
-        )  # per level: (full, face, lip) (2F, L^2)
         out = self.denoising_unet(
             x,
             timesteps,
             context,
             references=references,
             num_frames=f,
-            reference_keep=jnp.array([False, True]),
+            reference_keep=jnp.arange(b) > 0,
             motion=features["motion"],
             sample_residual=residual,
             audio_tokens=tokens,
-            region_masks=level_masks,
+            region_masks=masks,
             motion_scale=jnp.asarray(motion_scale, jnp.float32),
         )
         return out.reshape(b, f, h, w, -1).astype(jnp.float32)
 
 
-def encode_reference(model: HalloModel, params: Any, stack: jax.Array, face_emb: jax.Array) -> dict:
+def encode_reference(model: HalloModel, params: Any, stack: jax.Array, context: jax.Array) -> dict:
     """`HalloModel.encode_reference` as a function of the params (once per clip)."""
     features, _ = model.apply(
         {"params": params},
         stack,
-        face_emb,
+        context,
         method=HalloModel.encode_reference,
         mutable=[REFERENCE, MOTION],
     )
@@ -175,21 +177,15 @@ def abstract_params(model: HalloModel, audio_shape: tuple[int, int]) -> Any:
     window = 2 * cfg.audio.window + 1
     stack = jnp.zeros((1 + m, s, s, cfg.unet.in_channels))
     emb = jnp.zeros((1, cfg.hallo.face_embed_dim))
-    masks = tuple(tuple(jnp.ones((1, (s >> k) ** 2)) for _ in range(3)) for k in range(n))
+    masks = tuple(tuple(jnp.ones((2, (s >> k) ** 2)) for _ in range(3)) for k in range(n))
 
     def init(key):
         def all_parts(mdl: HalloModel):
-            features = mdl.encode_reference(stack, emb)
-            return mdl(
-                jnp.zeros((2, 1, s, s, cfg.unet.in_channels)),
-                jnp.zeros((), jnp.int32),
-                features,
-                jnp.zeros((1, 1, window, *audio_shape)),
-                emb,
-                jnp.zeros((1, down * s, down * s, cfg.hallo.face_locator_in_channels)),
-                masks,
-                jnp.ones((3,)),
-            )
+            region = jnp.zeros((1, down * s, down * s, cfg.hallo.face_locator_in_channels))
+            conds = mdl.conditions(emb, jnp.zeros((1, 1, window, *audio_shape)), region)
+            features = mdl.encode_reference(stack, conds["context"])
+            latents = jnp.zeros((2, 1, s, s, cfg.unet.in_channels))
+            return mdl(latents, jnp.zeros((), jnp.int32), features, conds, masks, jnp.ones((3,)))
 
         return model.init(key, method=all_parts)["params"]
 
