@@ -23,9 +23,9 @@ from pathlib import Path
 def make_wav2vec2_base(folder: Path) -> None:
     import jax
 
-    from emo_jax.checkpoint import pretrained
     from emo_jax.config import Wav2Vec2Config
     from emo_jax.models.wav2vec2 import WAV2VEC2_FORMAT, Wav2Vec2Model
+    from emo_jax.weights import pretrained
 
     cfg = Wav2Vec2Config()
     module = WAV2VEC2_FORMAT.build(cfg, None)

@@ -25,14 +25,15 @@ import numpy as np
 from flax.traverse_util import flatten_dict
 
 from emo_jax.checkpoint.bundle import save_bundle
-from emo_jax.checkpoint.convert import torch_shapes
-from emo_jax.checkpoint.pretrained import abstract_params, config_json
-from emo_jax.checkpoint.torch_io import Entry, save_safetensors, write_json
 from emo_jax.config import load_config
+from emo_jax.files import write_json
 from emo_jax.models.emo import EMOModel
 from emo_jax.models.emo import abstract_params as emo_abstract
 from emo_jax.models.unet import UNET_FORMAT
 from emo_jax.models.vae import VAE_FORMAT
+from emo_jax.weights.convert import torch_shapes
+from emo_jax.weights.io import Entry, save_safetensors
+from emo_jax.weights.pretrained import abstract_params, config_json
 
 GIB = 1024**3
 

@@ -13,7 +13,7 @@ from transformers import Wav2Vec2Config as TorchConfig
 from transformers import Wav2Vec2FeatureExtractor
 from transformers import Wav2Vec2Model as TorchModel
 
-from emo_jax.audio.encoders import MelEncoder, Wav2Vec2Encoder, bucket_length, window_shape
+from emo_jax.audio.encoders import MelEncoder, Wav2Vec2Encoder, bucket_length
 from emo_jax.audio.features import (
     AudioFeatures,
     SilentAudioWarning,
@@ -24,6 +24,7 @@ from emo_jax.audio.features import (
 from emo_jax.audio.io import load_audio
 from emo_jax.config import AudioConfig
 from emo_jax.errors import InputError
+from emo_jax.models.audio_proj import window_shape
 from emo_jax.models.wav2vec2 import Wav2Vec2Model
 
 MEL = AudioConfig(encoder="mel", n_mels=16)

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from emo_jax.checkpoint.convert import flax_to_torch, torch_to_flax
 from emo_jax.models.audio_proj import AudioProjection
 from emo_jax.models.inventory import count
+from emo_jax.weights.convert import flax_to_torch, torch_to_flax
 
 
 class HalloAudioProj(nn.Module):

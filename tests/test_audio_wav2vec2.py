@@ -12,11 +12,11 @@ from transformers import Wav2Vec2Config as TorchConfig
 from transformers import Wav2Vec2ForCTC
 from transformers import Wav2Vec2Model as TorchModel
 
-from emo_jax.checkpoint import pretrained
 from emo_jax.config import Wav2Vec2Config
 from emo_jax.errors import InputError
 from emo_jax.models.inventory import count
 from emo_jax.models.wav2vec2 import WAV2VEC2_FORMAT, Wav2Vec2Model
+from emo_jax.weights import pretrained
 
 TINY = dict(
     hidden_size=32,

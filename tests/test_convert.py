@@ -20,14 +20,14 @@ from flax.traverse_util import flatten_dict
 from safetensors.numpy import load_file, save_file
 
 from emo_jax.audio.features import window_frames
-from emo_jax.checkpoint import layouts
 from emo_jax.checkpoint.bundle import load_bundle, save_bundle
-from emo_jax.checkpoint.export import export_model, import_model
-from emo_jax.checkpoint.pretrained import init_params as init_folder_params
 from emo_jax.cli import main
 from emo_jax.config import load_config, to_dict
+from emo_jax.interop import layouts
+from emo_jax.interop.export import export_model, import_model
 from emo_jax.models.emo import EMOModel, encode_reference, init_params
 from emo_jax.models.vae import VAE_FORMAT
+from emo_jax.weights.pretrained import init_params as init_folder_params
 
 CFG = load_config("configs/model/tiny.yaml")
 TINY = "configs/model/tiny.yaml"
@@ -149,14 +149,17 @@ def test_animatediff_layout_agrees_with_diffusers(tmp_path):
         else:
             assert np.array_equal(v, expected[k]), k
     # its temporal module computes what ours computes
-    from emo_jax.checkpoint.formats import read
+    from emo_jax.interop.formats import read
+    from emo_jax.nn.conditions import Conditions
     from emo_jax.nn.temporal import TemporalTransformer
 
     ours_model = read(tmp_path / "adapter")
     mm = reloaded.up_blocks[1].motion_modules[0]
     x = np.random.default_rng(0).standard_normal((2 * 6, 4, 4, 32), np.float32)
     module = TemporalTransformer(8, norm_num_groups=32, max_positions=16)
-    out = module.apply({"params": ours_model.params["up_blocks_1"]["motion_modules_0"]}, x, 6)
+    out = module.apply(
+        {"params": ours_model.params["up_blocks_1"]["motion_modules_0"]}, x, Conditions(6)
+    )
     with torch.no_grad():
         ref = mm(torch.from_numpy(np.moveaxis(x, -1, 1).copy()), num_frames=6).numpy()
     assert np.abs(out - np.moveaxis(ref, 1, -1)).max() <= 1e-4 * np.abs(ref).max()
@@ -216,7 +219,7 @@ def test_orbax_export_orbax_is_bit_exact(bundle_params, tmp_path):
 
 
 def test_torch_twin_matches_flax(bundle_params, tmp_path):
-    from emo_jax.torch_twin import EMOTwin
+    from emo_jax.interop.torch_twin import EMOTwin
 
     export_model(tmp_path / "export", CFG, bundle_params)
     twin = EMOTwin.from_exported(tmp_path / "export")

@@ -121,7 +121,7 @@ def test_progress_reports_every_step_of_every_clip(pipe):
 @pytest.mark.parametrize("kind", ["bundle", "export"])
 def test_saved_models_generate_the_same_video(pipe, tmp_path, kind):
     from emo_jax.checkpoint.bundle import save_bundle
-    from emo_jax.checkpoint.export import export_model
+    from emo_jax.interop.export import export_model
 
     save = save_bundle if kind == "bundle" else export_model
     save(tmp_path / kind, pipe.config, pipe.model.params)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from emo_jax.audio.features import window_frames
-from emo_jax.checkpoint import hallo
+from emo_jax.interop import hallo
 from emo_jax.models.hallo import HalloModel, apply_part, encode_reference
 
 HERE = Path(__file__).parent

@@ -7,13 +7,13 @@ import torch
 from diffusers import AutoencoderKL as TorchVAE
 from diffusers import UNet2DConditionModel as TorchUNet
 
-from emo_jax.checkpoint.convert import ConversionError, flax_to_torch, torch_to_flax
-from emo_jax.checkpoint.pretrained import abstract_params
 from emo_jax.config import UNetConfig, VAEConfig
 from emo_jax.errors import InputError
 from emo_jax.models.inventory import count
 from emo_jax.models.unet import UNET_FORMAT, UNet2DConditionModel
 from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL
+from emo_jax.weights.convert import ConversionError, flax_to_torch, torch_to_flax
+from emo_jax.weights.pretrained import abstract_params
 
 UNET_CONFIGS = {
     # per-block head counts as a tuple, two layers per block, conv projections

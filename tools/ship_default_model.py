@@ -78,8 +78,8 @@ def main() -> None:
     import jax
 
     from emo_jax.checkpoint.bundle import load_bundle
-    from emo_jax.checkpoint.torch_io import atomic_folder, read_json, write_json
     from emo_jax.commands.recipe import load_recipe
+    from emo_jax.files import atomic_folder, read_json, write_json
     from emo_jax.pipeline.loading import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -11,14 +11,19 @@ chunking and the +-m window in `emo_jax.audio.features` serve either:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emo_jax.config import AudioConfig, ConfigError, Wav2Vec2Config
+from emo_jax.config import AudioConfig, ConfigError
+from emo_jax.models.wav2vec2 import (
+    Wav2Vec2Model,
+    conv_output_length,
+    receptive_field,
+    wav2vec2_folder,
+)
 
 
 class FrameEncoder(Protocol):
@@ -55,8 +60,6 @@ class Wav2Vec2Encoder:
     def __init__(
         self, module: Any, params: Any, layers: tuple[int, ...] | None = None, context: int = 0
     ):
-        from emo_jax.models.wav2vec2 import conv_output_length, receptive_field
-
         cfg = module.config
         layers = tuple(layers) if layers else tuple(range(1, cfg.num_hidden_layers + 1))
         bad = [i for i in layers if not 0 <= i <= cfg.num_hidden_layers]
@@ -105,42 +108,12 @@ class MelEncoder:
         return np.log(power @ self._filters + 1e-5).astype(np.float32)[:, None, :]
 
 
-def _wav2vec2_path(cfg: AudioConfig) -> Path:
-    if cfg.encoder != "wav2vec2":
-        raise ConfigError(f"model.audio.encoder: {cfg.encoder!r} (expected wav2vec2 or mel)")
-    if not cfg.wav2vec2_path:
-        raise ConfigError(
-            "model.audio.wav2vec2_path: not set (a transformers wav2vec2 folder, e.g. "
-            "facebook/wav2vec2-base-960h; or model.audio.encoder=mel needs no weights)"
-        )
-    return Path(cfg.wav2vec2_path)
-
-
 def build_encoder(cfg: AudioConfig) -> FrameEncoder:
     """The encoder `cfg.encoder` names ("wav2vec2" loads `cfg.wav2vec2_path`)."""
     if cfg.encoder == "mel":
         return MelEncoder(
             cfg.sample_rate, cfg.mel_n_fft, cfg.mel_hop, cfg.n_mels, cfg.mel_subframes
         )
-    from emo_jax.models.wav2vec2 import Wav2Vec2Model
-
-    module, params = Wav2Vec2Model.from_pretrained(_wav2vec2_path(cfg))
+    module, params = Wav2Vec2Model.from_pretrained(wav2vec2_folder(cfg))
     context = round(cfg.context_seconds * cfg.sample_rate)
     return Wav2Vec2Encoder(module, params, cfg.layers, context)
-
-
-def window_shape(cfg: AudioConfig) -> tuple[int, int, int]:
-    """(2m+1, layers, dim) of one frame's features, the input of AudioProjection, from the
-    config alone: a wav2vec2 folder's config.json is read (not its weights); without a
-    folder, wav2vec2-base is assumed."""
-    if cfg.encoder == "mel":
-        layers, dim = cfg.mel_subframes, cfg.n_mels
-    else:
-        from emo_jax.checkpoint.pretrained import read_config
-        from emo_jax.models.wav2vec2 import WAV2VEC2_FORMAT
-
-        w2v = Wav2Vec2Config()
-        if cfg.wav2vec2_path:
-            w2v = read_config(_wav2vec2_path(cfg), WAV2VEC2_FORMAT)
-        layers, dim = len(cfg.layers or range(w2v.num_hidden_layers)), w2v.hidden_size
-    return 2 * cfg.window + 1, layers, dim

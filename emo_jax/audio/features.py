@@ -32,9 +32,9 @@ import numpy as np
 
 from emo_jax.audio.encoders import FrameEncoder, build_encoder
 from emo_jax.audio.io import load_audio
-from emo_jax.checkpoint.torch_io import atomic_write
 from emo_jax.config import AudioConfig
 from emo_jax.errors import InputError
+from emo_jax.files import atomic_write
 
 SILENCE_PEAK = 1e-4  # peak amplitude below which audio counts as silent (-80 dBFS)
 

@@ -1,1 +1,1 @@
-"""emo_jax.checkpoint"""
+"""emo_jax.checkpoint: Orbax state: training-run checkpoints and model bundles."""

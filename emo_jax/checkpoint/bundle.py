@@ -14,9 +14,9 @@ from typing import Any
 import orbax.checkpoint as ocp
 import yaml
 
-from emo_jax.checkpoint.torch_io import atomic_folder
 from emo_jax.config import Config, from_dict, to_dict
 from emo_jax.errors import InputError
+from emo_jax.files import atomic_folder
 
 PARTS = ("emo", "vae")
 

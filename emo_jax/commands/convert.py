@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emo_jax.checkpoint.formats import FORMATS
+from emo_jax.interop.formats import FORMATS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,12 +50,12 @@ def _default_dst_format(src_format: str, kind: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emo_jax.checkpoint import formats
     from emo_jax.config import load_config
+    from emo_jax.interop import formats
 
     config = load_config(args.config) if args.config else None
     if args.emo_config:
-        from emo_jax.checkpoint.emo_parts import build_emo_bundle
+        from emo_jax.interop.emo_parts import build_emo_bundle
 
         reports = build_emo_bundle(
             load_config(args.emo_config),

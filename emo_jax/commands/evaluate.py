@@ -42,9 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from emo_jax.checkpoint.torch_io import write_json
     from emo_jax.errors import InputError
     from emo_jax.eval.evaluate import evaluate, find_clips, format_table
+    from emo_jax.files import write_json
     from emo_jax.pipeline import EMOPipeline
 
     if args.clips is not None and args.clips < 1:

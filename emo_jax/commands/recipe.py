@@ -78,9 +78,9 @@ def settings(argv: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emo_jax.checkpoint.torch_io import write_json
     from emo_jax.cli import main
     from emo_jax.errors import InputError
+    from emo_jax.files import write_json
 
     state_path, steps = load_recipe(args.recipe)
     state = read_state(state_path)

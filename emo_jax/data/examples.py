@@ -15,6 +15,11 @@ import dataclasses
 
 import numpy as np
 
+from emo_jax.data.faces import HaarDetector
+from emo_jax.data.speech import Voice, resample, speak
+from emo_jax.data.synth import HELDOUT_SEED_BASE, draw_still, make_identity
+from emo_jax.data.visemes import mouth_track
+
 SENTENCE = "Hello! I am a talking portrait, made from a single photo."
 SIDE = 256
 SAMPLE_RATE = 16000
@@ -32,9 +37,6 @@ class ExampleSpeech:
 def speech(fps: float = 25.0) -> ExampleSpeech:
     """The sentence at SAMPLE_RATE, leading and trailing silence cut to PAD, with the mouth
     opening of its phonemes (shifted by the cut)."""
-    from emo_jax.data.speech import Voice, resample, speak
-    from emo_jax.data.visemes import mouth_track
-
     utterance = speak(SENTENCE, Voice("en"))
     wave = resample(utterance.wave, utterance.sample_rate, SAMPLE_RATE)
     loud = np.flatnonzero(np.abs(wave) > 0.01)
@@ -50,16 +52,12 @@ def speech(fps: float = 25.0) -> ExampleSpeech:
 
 def face(side: int = SIDE) -> np.ndarray:
     """A held-out drawn person, (side, side, 3) uint8 RGB, facing the camera, mouth closed."""
-    from emo_jax.data.synth import HELDOUT_SEED_BASE, draw_still, make_identity
-
     return draw_still(make_identity(HELDOUT_SEED_BASE + FACE_IDENTITY), side)
 
 
 def portrait() -> np.ndarray:
     """A SIDE x SIDE crop of the astronaut photo centred on her face (kept inside the image)."""
     from skimage import data
-
-    from emo_jax.data.faces import HaarDetector
 
     image = data.astronaut()
     box = HaarDetector()(image)

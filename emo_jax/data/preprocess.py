@@ -27,13 +27,13 @@ import cv2
 import numpy as np
 
 from emo_jax.audio.io import load_audio
-from emo_jax.checkpoint.torch_io import write_json
 from emo_jax.config import DataConfig
 from emo_jax.data import records
 from emo_jax.data.faces import fill_track, make_detector, stable_crop
 from emo_jax.data.pose import POSE_ESTIMATORS, integrate, speeds_from_omegas
 from emo_jax.data.video import CorruptVideoError, iter_frames, probe
 from emo_jax.errors import InputError
+from emo_jax.files import write_json
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
 MANIFEST_VERSION = 1

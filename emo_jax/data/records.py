@@ -19,6 +19,7 @@ import msgpack
 import numpy as np
 
 from emo_jax.errors import InputError
+from emo_jax.files import atomic_write
 
 WRITER_OPTIONS = "group_size:1"  # one record per chunk: cheap random access
 
@@ -78,8 +79,6 @@ def decode_frame(raw: bytes) -> dict:
 def write_shard(path: Path, records: Iterable[bytes]) -> None:
     """Writes records to an ArrayRecord file atomically."""
     from array_record.python.array_record_module import ArrayRecordWriter
-
-    from emo_jax.checkpoint.torch_io import atomic_write
 
     def write(tmp: Path) -> None:
         writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)

@@ -40,8 +40,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emo_jax.data import sentences, speech, visemes
 from emo_jax.data.pose import rotation, rotation_speed
 from emo_jax.data.video import FPS, VideoWriter
+from emo_jax.errors import InputError
+from emo_jax.files import atomic_write, write_json
 
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
@@ -226,8 +229,6 @@ def espeak_speech(
     (rate jittered +-6% per sentence), with pauses of 0.15-0.6 s between them, resampled to
     16 kHz; the mouth follows the phonemes (`emo_jax.data.visemes.mouth_track`). The last
     sentence is cut where the clip ends."""
-    from emo_jax.data import sentences, speech, visemes
-
     voice = speech.voice_for(
         np.random.default_rng([identity.seed, 13]), identity.female, identity.f0, identity.rate
     )
@@ -578,8 +579,6 @@ def write_clip(
     """Renders and writes `<name>.mp4`, `.wav`, `.json` (the mp4 last, atomically); returns it."""
     import soundfile as sf
 
-    from emo_jax.checkpoint.torch_io import atomic_write, write_json
-
     out_dir = Path(out_dir)
     identity = make_identity(identity_seed)
     clip = render_clip(identity, seconds, size, clip_seed, audio_source)
@@ -622,8 +621,6 @@ def make_corpus(
     from multiprocessing import get_context
 
     from tqdm import tqdm
-
-    from emo_jax.errors import InputError
 
     if size % 2 or size < 32:
         raise InputError(f"--size {size}: must be even and at least 32")

@@ -38,9 +38,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from emo_jax.audio.io import load_audio
+from emo_jax.data.video import iter_frames
 from emo_jax.errors import InputError
 from emo_jax.eval import metrics
 from emo_jax.eval.mouth import from_haar, mouth_opening, to_haar, track_faces
+from emo_jax.files import read_json
+from emo_jax.pipeline.inputs import FACE_EXPAND, box_mask
 
 VIDEOS = ("generated", "ground_truth", "autoencoded", "reference_repeated")
 TRUTH_KEYS = ("mouth_open", "speed", "box")
@@ -75,10 +79,6 @@ def find_clips(folder: str | Path) -> list[Path]:
 def load_clip(path: Path, seconds: float | None = None) -> TruthClip:
     """A clip from its truth JSON (audio from the .wav beside it, else the mp4), cut to the
     first `seconds` if given."""
-    from emo_jax.audio.io import load_audio
-    from emo_jax.checkpoint.torch_io import read_json
-    from emo_jax.data.video import iter_frames
-
     truth = read_json(path)
     per_frame = truth.get("frames", {})
     missing = [k for k in TRUTH_KEYS if k not in per_frame]
@@ -155,8 +155,6 @@ def generate_clip(pipe: Any, clip: TruthClip, options: dict) -> tuple:
     """(job, generated frames, truth frames and boxes cut as the pipeline cut the reference,
     seconds generating) of a clip generated from its first frame, audio and head speed; both
     videos have n = min(generated, truth) frames."""
-    from emo_jax.pipeline.inputs import FACE_EXPAND, box_mask
-
     size = clip.frames.shape[1]
     mask = (box_mask(to_haar(clip.boxes[0]), size, FACE_EXPAND) * 255).astype(np.uint8)
     job = pipe.prepare(

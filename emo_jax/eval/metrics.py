@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from emo_jax.data.pose import POSE_ESTIMATORS, speeds_from_omegas
+from emo_jax.data.preprocess import POSE_SIDE
 from emo_jax.eval.mouth import lower_face
 
 MIN_BUCKET_FRAMES = 10  # a speed bucket counts with at least this many frames
@@ -38,9 +40,6 @@ def head_speeds(frames: np.ndarray, boxes: np.ndarray, estimator: str = "flow") 
     face boxes (F, 4), measured as preprocessing does (`emo_jax.data.pose`, frames resized to
     POSE_SIDE, median over 3 frames; frame 0 copies frame 1)."""
     import cv2
-
-    from emo_jax.data.pose import POSE_ESTIMATORS, speeds_from_omegas
-    from emo_jax.data.preprocess import POSE_SIDE
 
     pose = POSE_ESTIMATORS[estimator]()
     scale = POSE_SIDE / frames.shape[1]

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from emo_jax.data.faces import fill_track, make_detector
+
 REGION = (0.15, 0.42, 0.85, 0.95)  # x0, y0, x1, y1 as fractions of the face box
 DARK, DARKEST = 0.45, 0.1
 GREY = 0.3  # teeth: (max - min) / max of RGB below this
@@ -113,8 +115,6 @@ def track_faces(
     between and any misses interpolated, jitter smoothed (`emo_jax.data.faces.fill_track`);
     `fallback` (4,), a cascade-convention box, for every frame if no face is found at all
     (None: ValueError)."""
-    from emo_jax.data.faces import fill_track, make_detector
-
     detector = make_detector("haar")
     found = [
         detector(f) if k % stride == 0 or k == len(frames) - 1 else None

@@ -15,6 +15,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from emo_jax.config import AudioConfig, Wav2Vec2Config
+from emo_jax.models.wav2vec2 import WAV2VEC2_FORMAT, wav2vec2_folder
+from emo_jax.weights.pretrained import read_config
+
+
+def window_shape(cfg: AudioConfig) -> tuple[int, int, int]:
+    """(2m+1, layers, dim) of one frame's features, the input of AudioProjection, from the
+    config alone: a wav2vec2 folder's config.json is read (not its weights); without a
+    folder, wav2vec2-base is assumed."""
+    if cfg.encoder == "mel":
+        layers, dim = cfg.mel_subframes, cfg.n_mels
+    else:
+        w2v = Wav2Vec2Config()
+        if cfg.wav2vec2_path:
+            w2v = read_config(wav2vec2_folder(cfg), WAV2VEC2_FORMAT)
+        layers, dim = len(cfg.layers or range(w2v.num_hidden_layers)), w2v.hidden_size
+    return 2 * cfg.window + 1, layers, dim
+
 
 class AudioProjection(nn.Module):
     """(B, F, 2m+1, layers, dim) -> (B, F, num_tokens, output_dim)."""

@@ -22,12 +22,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from emo_jax.audio.encoders import window_shape
 from emo_jax.config import AudioConfig, ModelConfig
-from emo_jax.models.audio_proj import AudioProjection
+from emo_jax.models.audio_proj import AudioProjection, window_shape
 from emo_jax.models.face_locator import FaceLocator
 from emo_jax.models.speed import SpeedEncoder
 from emo_jax.models.unet import MOTION, UNet2DConditionModel
+from emo_jax.nn.conditions import Conditions
 from emo_jax.nn.transformer import REFERENCE
 
 CONDITIONS = ("reference", "audio", "speed", "motion")
@@ -154,11 +154,13 @@ class EMOModel(nn.Module):
             x,
             t,
             context,
-            references=features["reference"],
-            num_frames=f,
-            reference_keep=keep.get("reference"),
-            motion=motion,
-            speed_tokens=speed_tokens,
+            Conditions(
+                num_frames=f,
+                references=features["reference"],
+                reference_keep=keep.get("reference"),
+                motion=motion,
+                speed_tokens=speed_tokens,
+            ),
             sample_residual=residual,
         )
         return out.reshape(b, f, h, w, -1).astype(jnp.float32)

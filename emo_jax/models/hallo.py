@@ -36,6 +36,7 @@ from emo_jax.models.audio_proj import AudioProjection
 from emo_jax.models.face_locator import FaceLocator
 from emo_jax.models.image_proj import ImageProjection
 from emo_jax.models.unet import MOTION, UNet2DConditionModel
+from emo_jax.nn.conditions import Conditions
 from emo_jax.nn.transformer import REFERENCE
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -124,7 +125,7 @@ class HalloModel(nn.Module):
         latents: jax.Array,
         timesteps: jax.Array,
         features: dict,
-        conditions: dict[str, jax.Array],
+        conds: dict[str, jax.Array],
         masks: tuple,
         motion_scale: jax.Array,
     ) -> jax.Array:
@@ -134,24 +135,21 @@ class HalloModel(nn.Module):
         (latent side / 2^k) the (full, face, lip) masks (2F, L_k^2); motion_scale (3,)."""
         b, f, h, w, c = latents.shape
         x = latents.reshape(b * f, h, w, c)  # (2F, h, w, 4)
-        context = jnp.repeat(conditions["context"], f, axis=0)  # (2F, T, D)
-        tokens = conditions["audio"].reshape(b * f, *conditions["audio"].shape[2:])
-        residual = conditions["residual"].reshape(b * f, *conditions["residual"].shape[2:])
+        context = jnp.repeat(conds["context"], f, axis=0)  # (2F, T, D)
+        tokens = conds["audio"].reshape(b * f, *conds["audio"].shape[2:])
+        residual = conds["residual"].reshape(b * f, *conds["residual"].shape[2:])
         rows = jnp.arange(b * f) % 2  # Hallo's tiled bank: row i reads reference copy i % 2
         references = jax.tree_util.tree_map(lambda t: t[rows], features["reference"])
-        out = self.denoising_unet(
-            x,
-            timesteps,
-            context,
-            references=references,
+        cond = Conditions(
             num_frames=f,
+            references=references,
             reference_keep=jnp.arange(b) > 0,
             motion=features["motion"],
-            sample_residual=residual,
             audio_tokens=tokens,
             region_masks=masks,
             motion_scale=jnp.asarray(motion_scale, jnp.float32),
         )
+        out = self.denoising_unet(x, timesteps, context, cond, sample_residual=residual)
         return out.reshape(b, f, h, w, -1).astype(jnp.float32)
 
 

@@ -9,6 +9,10 @@ import jax
 from flax.traverse_util import flatten_dict
 
 from emo_jax.config import Config, Wav2Vec2Config
+from emo_jax.models.emo import EMOModel, abstract_params
+from emo_jax.models.vae import VAE_FORMAT
+from emo_jax.models.wav2vec2 import WAV2VEC2_FORMAT
+from emo_jax.weights.pretrained import abstract_params as folder_params
 
 COMPONENTS = (
     "reference_net",
@@ -51,11 +55,6 @@ def emo_counts(abstract: Any) -> dict[str, int]:
 
 def parameter_counts(config: Config) -> dict[str, int]:
     """{component: parameter count} of the EMO model, its VAE and its audio encoder."""
-    from emo_jax.checkpoint.pretrained import abstract_params as folder_params
-    from emo_jax.models.emo import EMOModel, abstract_params
-    from emo_jax.models.vae import VAE_FORMAT
-    from emo_jax.models.wav2vec2 import WAV2VEC2_FORMAT
-
     counts = emo_counts(abstract_params(EMOModel(config.model)))
     vae = config.model.vae
     counts["vae"] = count(folder_params(VAE_FORMAT.build(vae, None), VAE_FORMAT, vae))

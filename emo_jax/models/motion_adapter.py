@@ -10,10 +10,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from emo_jax.checkpoint import pretrained
 from emo_jax.config import EMOConfig, MotionAdapterConfig, UNetConfig
+from emo_jax.nn.conditions import Conditions
 from emo_jax.nn.temporal import TemporalTransformer
 from emo_jax.nn.transformer import sinusoidal_positions
+from emo_jax.weights import pretrained
 
 
 def _per_block(value: Any, n: int) -> tuple:
@@ -39,7 +40,7 @@ class MotionModules(nn.Module):
                 self.norm_num_groups,
                 self.max_positions,
                 name=f"motion_modules_{j}",
-            )(jnp.zeros((1, 1, 1, self.channels)), 1)
+            )(jnp.zeros((1, 1, 1, self.channels)), Conditions())
 
 
 class MotionAdapterModel(nn.Module):

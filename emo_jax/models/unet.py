@@ -14,14 +14,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from emo_jax.checkpoint import pretrained
 from emo_jax.config import HalloConfig, TemporalConfig, UNetConfig
 from emo_jax.nn.activations import get_activation
 from emo_jax.nn.audio_attention import AudioModule
+from emo_jax.nn.conditions import Conditions
 from emo_jax.nn.embeddings import TimestepEmbedding, timestep_embedding
 from emo_jax.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D, conv, group_norm
 from emo_jax.nn.temporal import TemporalTransformer
 from emo_jax.nn.transformer import Transformer2DModel
+from emo_jax.weights import pretrained
 
 MOTION = "motion"  # the collection ReferenceNet writes its motion-frame features to
 
@@ -149,11 +150,10 @@ class UNetBlock(nn.Module):
     temporal_heads: int = 8
     speed: bool = False
     zero_init_cross_out: bool = False
-    num_frames: int = 1
     upsample_size: tuple[int, int] | None = None
     hallo: HalloConfig | None = None
     level: int = 0  # Hallo: the region-mask level of this block's resolution
-    audio_widths: tuple[int, ...] = ()  # Hallo: per layer, the block input width its audio uses
+    audio_widths: tuple[int, ...] = ()  # Hallo: per layer, the width its audio module uses
     dtype: Any = jnp.float32
 
     def resnet(self, i: int, x: jax.Array, temb: jax.Array) -> jax.Array:
@@ -169,7 +169,7 @@ class UNetBlock(nn.Module):
             name=f"resnets_{i}",
         )(x, temb)
 
-    def attention(self, i: int, x: jax.Array, context, references, reference_keep) -> jax.Array:
+    def attention(self, i: int, x: jax.Array, context, conditions: Conditions) -> jax.Array:
         cfg, spec = self.cfg, self.spec
         name = f"attentions_{i}"
         return Transformer2DModel(
@@ -184,21 +184,14 @@ class UNetBlock(nn.Module):
             zero_init_cross_out=self.zero_init_cross_out,
             dtype=self.dtype,
             name=name,
-        )(
-            x,
-            context,
-            None if references is None else references[name],
-            self.num_frames,
-            reference_keep,
-        )
+        )(x, context, conditions.at(name))
 
-    def audio_module(self, i: int, x: jax.Array, audio) -> jax.Array:
-        """Hallo's audio module i (after the spatial transformer), `audio` = (tokens, masks per
-        level, motion_scale)."""
-        hallo, spec = self.hallo, self.spec
+    def audio_module(self, i: int, x: jax.Array, conditions: Conditions) -> jax.Array:
+        """Hallo's audio module i, after the spatial transformer (audio tokens, region masks
+        and motion_scale from `conditions`)."""
+        hallo, spec, cond = self.hallo, self.spec, conditions
         if hallo is None or not spec.attention or self.write_reference:
             return x
-        tokens, masks, scale = audio
         regions = self.kind in hallo.audio_blocks and self.level in hallo.audio_depths
         return AudioModule(
             spec.heads,
@@ -207,30 +200,27 @@ class UNetBlock(nn.Module):
             regions=regions,
             dtype=self.dtype,
             name=f"audio_modules_{i}",
-        )(x, tokens, masks[self.level] if regions else None, scale)
+        )(
+            x,
+            cond.audio_tokens,
+            cond.region_masks[self.level] if regions else None,
+            cond.motion_scale,
+        )
 
-    def motion_module(self, i: int, x: jax.Array, motion, speed_tokens) -> jax.Array:
-        """Temporal module i, with the motion frames' features prepended along the frame axis.
+    def motion_module(self, i: int, x: jax.Array, conditions: Conditions) -> jax.Array:
+        """Temporal module i (with the motion frames' features recorded at `motion_i`).
 
         Hallo runs its denoiser in training mode, where the temporal modules of blocks without
         attention never run: they exist (their weights are in the checkpoint) but are skipped."""
+        name = f"motion_{i}"
         if self.write_reference:
-            self.sow(MOTION, f"motion_{i}", x)
+            self.sow(MOTION, name, x)
         if self.temporal is None:
             return x
         skip = self.hallo is not None and not self.spec.attention
         if skip and not self.is_initializing():
             return x
-        f = self.num_frames
-        b = x.shape[0] // f
-        n = 0
-        if motion is not None:
-            m = motion[f"motion_{i}"]
-            n = m.shape[0] // b
-            x = jnp.concatenate(
-                [m.astype(x.dtype).reshape(b, n, *m.shape[1:]), x.reshape(b, f, *x.shape[1:])], 1
-            ).reshape(b * (n + f), *x.shape[1:])  # (B*(n+F), H, W, C)
-        x = TemporalTransformer(
+        y = TemporalTransformer(
             self.temporal_heads,
             num_layers=self.temporal.motion_transformer_layers_per_block,
             norm_num_groups=self.temporal.motion_norm_num_groups,
@@ -239,31 +229,25 @@ class UNetBlock(nn.Module):
             norm_per_frame=self.temporal.norm_per_frame,
             dtype=self.dtype,
             name=f"motion_modules_{i}",
-        )(x, n + f, speed_tokens, n)
-        if skip:
-            return x
-        return x.reshape(b, n + f, *x.shape[1:])[:, n:].reshape(b * f, *x.shape[1:])
+        )(x, conditions.at(name))
+        return x if skip else y
 
     @nn.compact
     def __call__(
         self,
         x: jax.Array,
         temb: jax.Array,
-        context: jax.Array | None = None,
-        references: dict | None = None,
-        reference_keep: jax.Array | None = None,
-        motion: dict | None = None,
-        speed_tokens: jax.Array | None = None,
+        context: jax.Array | None,
+        conditions: Conditions,
         skips: tuple[jax.Array, ...] = (),
-        audio: tuple | None = None,
     ):
         spec = self.spec
         if self.kind == "mid":
             x = self.resnet(0, x, temb)
             if spec.attention:
-                x = self.attention(0, x, context, references, reference_keep)
-            x = self.audio_module(0, x, audio)
-            x = self.motion_module(0, x, motion, speed_tokens)
+                x = self.attention(0, x, context, conditions)
+            x = self.audio_module(0, x, conditions)
+            x = self.motion_module(0, x, conditions)
             return self.resnet(1, x, temb)
         outputs = []
         for i in range(spec.num_layers):
@@ -271,9 +255,9 @@ class UNetBlock(nn.Module):
                 x = jnp.concatenate([x, skips[-1 - i]], axis=-1)  # (B, H, W, C + C_skip)
             x = self.resnet(i, x, temb)
             if spec.attention:
-                x = self.attention(i, x, context, references, reference_keep)
-            x = self.audio_module(i, x, audio)
-            x = self.motion_module(i, x, motion, speed_tokens)
+                x = self.attention(i, x, context, conditions)
+            x = self.audio_module(i, x, conditions)
+            x = self.motion_module(i, x, conditions)
             outputs.append(x)
         if spec.resample and self.kind == "down":
             x = Downsample2D(
@@ -296,12 +280,12 @@ class UNet2DConditionModel(nn.Module):
         (`conv_norm_out`, `conv_out`), which nothing reads, is not built.
       temporal / speed: backbone temporal modules (AnimateDiff), with the speed layer.
       zero_init_cross_out: the cross-attention (audio-attention) output starts at zero.
-      hallo: Hallo's denoiser: audio modules after the spatial transformers (`audio_tokens`
-        (B*F, K, D), `region_masks` per level (full, face, lip) (B*F, L^2), `motion_scale`
-        (3,)); temporal modules only in blocks with attention (emo_jax.models.hallo).
+      hallo: Hallo's denoiser: audio modules after the spatial transformers (reading
+        `Conditions.audio_tokens`, `region_masks`, `motion_scale`); temporal modules only in
+        blocks with attention (emo_jax.models.hallo).
       remat: rematerialise every block in the backward pass.
-    Call inputs for video: frames folded into the batch (B*F, H, W, C) with `num_frames=F`;
-    `references` / `motion` from a ReferenceNet run; `speed_tokens` (B, F, L);
+    Call inputs for video: frames folded into the batch (B*F, H, W, C) with `conditions`
+    (`Conditions`: F, the ReferenceNet's tokens and motion features, speed tokens, ...);
     `sample_residual` (B*F, H, W, C0) added after `conv_in` (face locator).
     """
 
@@ -320,15 +304,8 @@ class UNet2DConditionModel(nn.Module):
         sample: jax.Array,
         timesteps: jax.Array,
         encoder_hidden_states: jax.Array | None = None,
-        references: dict | None = None,
-        num_frames: int = 1,
-        reference_keep: jax.Array | None = None,
-        motion: dict | None = None,
-        speed_tokens: jax.Array | None = None,
+        conditions: Conditions | None = None,
         sample_residual: jax.Array | None = None,
-        audio_tokens: jax.Array | None = None,
-        region_masks: tuple | None = None,
-        motion_scale: jax.Array | None = None,
     ) -> jax.Array:
         cfg = self.config
         down_specs, mid_spec, up_specs = block_specs(cfg)
@@ -358,10 +335,8 @@ class UNet2DConditionModel(nn.Module):
         context = encoder_hidden_states
         if context is not None:
             context = context.astype(self.dtype)
-        sub = lambda tree, name: None if tree is None else tree.get(name)  # noqa: E731
+        conditions = conditions or Conditions()
         block_cls = nn.remat(UNetBlock) if self.remat else UNetBlock
-
-        audio = None if audio_tokens is None else (audio_tokens, region_masks, motion_scale)
         widths = audio_widths(cfg, down_specs, up_specs)
 
         def block(kind, spec, name, heads, x, skips=(), size=None, level=0):
@@ -376,24 +351,13 @@ class UNet2DConditionModel(nn.Module):
                 temporal_heads=heads,
                 speed=self.speed,
                 zero_init_cross_out=self.zero_init_cross_out,
-                num_frames=num_frames,
                 upsample_size=size,
                 hallo=self.hallo,
                 level=level,
                 audio_widths=widths[name],
                 dtype=self.dtype,
                 name=name,
-            )(
-                x,
-                emb,
-                context,
-                sub(references, name),
-                reference_keep,
-                sub(motion, name),
-                speed_tokens,
-                skips,
-                audio,
-            )
+            )(x, emb, context, conditions.at(name), skips)
 
         x = conv(cfg.block_out_channels[0], cfg.conv_in_kernel, self.dtype, "conv_in")(sample)
         if sample_residual is not None:

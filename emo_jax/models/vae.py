@@ -8,11 +8,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from emo_jax.checkpoint import pretrained
 from emo_jax.config import VAEConfig
 from emo_jax.nn.activations import get_activation
 from emo_jax.nn.attention import Attention
 from emo_jax.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D, conv, group_norm
+from emo_jax.weights import pretrained
 
 EPS = 1e-6
 

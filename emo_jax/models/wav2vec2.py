@@ -29,10 +29,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from emo_jax.checkpoint import pretrained
-from emo_jax.checkpoint.convert import WEIGHT_NORM, apply_renames, rename_keys
-from emo_jax.config import Wav2Vec2Config
+from emo_jax.config import AudioConfig, ConfigError, Wav2Vec2Config
 from emo_jax.nn.activations import ACTIVATIONS
+from emo_jax.weights import pretrained
+from emo_jax.weights.convert import WEIGHT_NORM, apply_renames, rename_keys
 
 # transformers' ACT2FN names (those without parameters) beyond the diffusers ones in
 # emo_jax.nn.activations.
@@ -110,6 +110,18 @@ def receptive_field(cfg: Wav2Vec2Config) -> tuple[int, int]:
     for k, s in zip(reversed(cfg.conv_kernel), reversed(cfg.conv_stride)):
         window = (window - 1) * s + k
     return math.prod(cfg.conv_stride), window
+
+
+def wav2vec2_folder(cfg: AudioConfig) -> Path:
+    """The wav2vec2 folder an audio config names (an error if it names another encoder or none)."""
+    if cfg.encoder != "wav2vec2":
+        raise ConfigError(f"model.audio.encoder: {cfg.encoder!r} (expected wav2vec2 or mel)")
+    if not cfg.wav2vec2_path:
+        raise ConfigError(
+            "model.audio.wav2vec2_path: not set (a transformers wav2vec2 folder, e.g. "
+            "facebook/wav2vec2-base-960h; or model.audio.encoder=mel needs no weights)"
+        )
+    return Path(cfg.wav2vec2_path)
 
 
 def validate(cfg: Wav2Vec2Config) -> None:

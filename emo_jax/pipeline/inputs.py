@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from emo_jax.audio.io import load_audio
 from emo_jax.data.faces import make_detector, stable_crop
 from emo_jax.errors import InputError
 
@@ -173,8 +174,6 @@ def to_mono(wave: np.ndarray, name: str = "waveform") -> np.ndarray:
 
 def read_audio(audio: Any, sample_rate: int | None, target_rate: int) -> tuple[np.ndarray, str]:
     """(mono float32 waveform at `target_rate`, name) from a file or a waveform + its rate."""
-    from emo_jax.audio.io import load_audio
-
     if isinstance(audio, (str, Path)):
         return load_audio(audio, target_rate), str(audio)
     if isinstance(audio, tuple) and len(audio) == 2:

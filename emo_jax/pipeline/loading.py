@@ -4,7 +4,7 @@ Kinds of checkpoint, tried in order (`RESOLVERS`; add a function there for a new
 a training-run folder whose latest Orbax step holds {"emo", "vae"}):
 
 - a model bundle folder (`emo_jax.checkpoint.bundle`: config.yaml + Orbax params/);
-- an exported model folder (`emo_jax.checkpoint.export`: emo_index.json + one diffusers /
+- an exported model folder (`emo_jax.interop.export`: emo_index.json + one diffusers /
   transformers folder per component).
 
 With no path the built-in default model is used: the bundle in emo_jax/assets/default_model
@@ -29,6 +29,10 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from emo_jax.checkpoint.bundle import is_bundle, load_bundle
 from emo_jax.config import Config, load_config
 from emo_jax.errors import InputError
+from emo_jax.interop.export import import_model, is_export
+from emo_jax.models import emo
+from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL
+from emo_jax.weights import pretrained
 
 DEFAULT_MODEL = Path(__file__).parents[1] / "assets" / "default_model"  # a bundle + card.json
 TINY_CONFIG = Path(__file__).parents[1] / "configs" / "model" / "tiny.yaml"  # tests, fallback
@@ -61,21 +65,13 @@ class LoadedModel:
 def random_params(config: Config, seed: int) -> dict:
     """Freshly initialised EMO and VAE params (EMO's new layers at their zero identity); the
     last set is kept, so a process that asks twice (tests, an app) makes them once."""
-    from emo_jax.checkpoint import pretrained
-    from emo_jax.models.emo import EMOModel, init_params
-    from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL
-
     key = jax.random.key(seed + 1, impl="unsafe_rbg")  # rbg: fast to compile, as init_params
     vae = pretrained.init_params(AutoencoderKL(config.model.vae), VAE_FORMAT, config.model.vae, key)
-    return {"emo": init_params(EMOModel(config.model), seed), "vae": vae}
+    return {"emo": emo.init_params(emo.EMOModel(config.model), seed), "vae": vae}
 
 
 def abstract_params(config: Config) -> dict:
     """{"emo", "vae"} param shapes for `config`, nothing allocated."""
-    from emo_jax.checkpoint import pretrained
-    from emo_jax.models import emo
-    from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL
-
     vae = pretrained.abstract_params(AutoencoderKL(config.model.vae), VAE_FORMAT, config.model.vae)
     return {"emo": emo.abstract_params(emo.EMOModel(config.model)), "vae": vae}
 
@@ -113,8 +109,6 @@ def _bundle(path: Path, config: Config | None) -> LoadedModel | None:
 
 def _export(path: Path, config: Config | None) -> LoadedModel | None:
     """An exported model folder; `config` (if given) replaces the one in its index."""
-    from emo_jax.checkpoint.export import import_model, is_export
-
     if not is_export(path):
         return None
     saved, params = import_model(path)

@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emo_jax.audio.features import AudioFeatures
 from emo_jax.config import Config, apply_overrides, from_dict, load_config, to_dict
+from emo_jax.data.video import VideoWriter
 from emo_jax.errors import InputError
 from emo_jax.pipeline.inputs import (
     DEFAULT_SPEED,
@@ -222,7 +224,6 @@ class EMOPipeline:
             config.data.detector,
         )
         wave, name = read_audio(audio, sample_rate, audio_cfg.sample_rate)
-        from emo_jax.audio.features import AudioFeatures
 
         features = AudioFeatures(audio_cfg)
         windows = np.concatenate(list(features.iter_windows(features.prepare(wave, name))))
@@ -335,8 +336,6 @@ class EMOPipeline:
     ) -> EMOOutput:
         """Runs a prepared job. Writes an H.264 mp4 with the audio to `out` and PNG frames to
         `frames_dir` if given, each whole or not at all; returns the frames if asked."""
-        from emo_jax.data.video import VideoWriter
-
         start = time.perf_counter()
         writer = png_dir = None
         kept = []

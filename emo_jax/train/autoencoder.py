@@ -26,7 +26,6 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from emo_jax.checkpoint import pretrained
 from emo_jax.checkpoint.manager import Checkpoints
 from emo_jax.config import Config, ConfigError
 from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL, sample_latent
@@ -40,6 +39,7 @@ from emo_jax.parallel.sharding import (
 from emo_jax.train.data import BatchStream, batch_abstract, fixed_batches, global_batch
 from emo_jax.train.metrics import MetricsLog, batch_digest
 from emo_jax.train.optimizer import guarded_update, learning_rate, make_optimizer
+from emo_jax.weights import pretrained
 
 
 @flax.struct.dataclass

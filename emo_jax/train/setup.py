@@ -10,7 +10,6 @@ import jax
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from emo_jax.checkpoint import pretrained
 from emo_jax.config import Config, ConfigError
 from emo_jax.models.emo import EMOModel, abstract_params
 from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL
@@ -27,6 +26,7 @@ from emo_jax.train.optimizer import make_optimizer
 from emo_jax.train.stages import split, validate
 from emo_jax.train.step import init_state, make_eval_loss, make_train_step
 from emo_jax.train.weights import vae_module
+from emo_jax.weights import pretrained
 
 
 @dataclasses.dataclass

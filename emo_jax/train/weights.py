@@ -10,15 +10,15 @@ from typing import Any
 import jax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from emo_jax.checkpoint import pretrained
 from emo_jax.checkpoint.bundle import is_bundle, load_bundle, load_bundle_config
-from emo_jax.checkpoint.emo_parts import init_from_pretrained
 from emo_jax.checkpoint.manager import Checkpoints
 from emo_jax.config import Config, ConfigError
 from emo_jax.errors import InputError
+from emo_jax.interop.emo_parts import init_from_pretrained
 from emo_jax.models.emo import EMOModel, compute_dtype, init_params
 from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL
 from emo_jax.train.stages import load_matching, merge
+from emo_jax.weights import pretrained
 
 
 def previous_stage_params(path: str | Path) -> Any:

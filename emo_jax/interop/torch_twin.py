@@ -1,4 +1,4 @@
-"""A PyTorch twin of `EMOModel` that runs an exported folder (emo_jax.checkpoint.export).
+"""A PyTorch twin of `EMOModel` that runs an exported folder (emo_jax.interop.export).
 
 Built from diffusers modules where they exist: the ReferenceNet and the backbone are diffusers
 `UNet2DConditionModel`s (reference-attention is an attention processor on the backbone's
@@ -23,9 +23,10 @@ from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from emo_jax.checkpoint.export import INDEX
-from emo_jax.checkpoint.torch_io import read_json
 from emo_jax.config import Config, from_dict
+from emo_jax.files import read_json
+from emo_jax.interop.export import INDEX
+from emo_jax.models.audio_proj import window_shape
 
 
 def sinusoidal(length: int, dim: int) -> torch.Tensor:
@@ -219,8 +220,6 @@ class EMOTwin(nn.Module):
                 )
             self._load(sub, names)
         if self.use_audio:
-            from emo_jax.audio.encoders import window_shape
-
             self.audio_proj = AudioProjModel(
                 math.prod(window_shape(cfg.audio)),
                 cfg.audio.proj_hidden_dim,

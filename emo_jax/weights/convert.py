@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emo_jax.errors import InputError
+from emo_jax.weights.io import Entry
 
 # Flax names of list members: `resnets_0` <-> `resnets.0`. Any other `_<digits>` suffix
 # (`linear_1`, `conv_2`) is part of the PyTorch attribute name and stays as it is.
@@ -213,10 +214,8 @@ def torch_to_flax(
 
 
 def torch_entries(params: Any, renames: Iterable[Rename] = ()) -> list:
-    """The PyTorch tensors of `params` as lazy `torch_io.Entry`s: each is transposed only
+    """The PyTorch tensors of `params` as lazy `weights.io.Entry`s: each is transposed only
     when written, so saving holds one converted tensor at a time."""
-    from emo_jax.checkpoint.torch_io import Entry
-
     out = []
     for r, leaf in zip(_rules(params, renames), jax.tree_util.tree_leaves(params)):
         out.append(

@@ -1,24 +1,23 @@
 """Reading and writing PyTorch-format weight files as dicts of numpy arrays.
 
 `.safetensors` needs no torch; `.bin/.ckpt/.pth/.pt` use torch with `weights_only=True`.
+bfloat16 is numpy's through `ml_dtypes` (importing it registers the type that safetensors reads).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import shutil
 import struct
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from emo_jax.errors import InputError
+from emo_jax.files import atomic_write
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pth", ".pt")
@@ -101,47 +100,10 @@ def find_weights(folder: Path, stems: tuple[str, ...]) -> Path:
     raise InputError(f"{folder}: no weight file ({', '.join(s + '.safetensors' for s in stems)})")
 
 
-@contextlib.contextmanager
-def atomic_folder(folder: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yields an empty temporary folder beside `folder`; when the block succeeds it replaces
-    `folder`, when it fails it is removed: a folder is complete or absent. Without `overwrite`
-    an existing `folder` is an error."""
-    folder = Path(folder).absolute()
-    if folder.exists() and not overwrite:
-        raise InputError(f"{folder}: already exists (use --overwrite to replace it)")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        yield tmp
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Calls `write(tmp_path)` then renames into place, so no half-written file is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the result private
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 _DTYPES = {
     np.dtype(np.float32): "F32",
     np.dtype(np.float16): "F16",
+    np.dtype(ml_dtypes.bfloat16): "BF16",
     np.dtype(np.float64): "F64",
     np.dtype(np.int64): "I64",
     np.dtype(np.int32): "I32",
@@ -231,21 +193,3 @@ class LazyStateDict(Mapping):
                 return cls(dict.fromkeys(f.keys(), path))
         except (SafetensorError, OSError, ValueError) as e:
             raise InputError(f"{path}: not a readable safetensors file ({e})") from None
-
-
-def read_json(path: Path) -> dict:
-    """A JSON config file, with a one-line error if it is missing or broken."""
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return data
-
-
-def write_json(data: dict, path: Path) -> None:
-    """Writes JSON atomically."""
-    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))

@@ -29,20 +29,17 @@ import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from emo_jax.checkpoint.convert import ConversionError, torch_entries, torch_shapes, torch_to_flax
-from emo_jax.checkpoint.pretrained import abstract_params as folder_params
-from emo_jax.checkpoint.pretrained import save_pretrained
-from emo_jax.checkpoint.torch_io import (
-    Entry,
-    atomic_folder,
-    find_weights,
-    load_state_dict,
-    read_json,
-    save_safetensors,
-    write_json,
-)
 from emo_jax.config import Config, from_dict, to_dict
 from emo_jax.errors import InputError
+from emo_jax.files import atomic_folder, read_json, write_json
+from emo_jax.models.emo import EMOModel, abstract_params
+from emo_jax.models.motion_adapter import MOTION_ADAPTER_FORMAT, adapter_config
+from emo_jax.models.unet import UNET_FORMAT
+from emo_jax.models.vae import VAE_FORMAT
+from emo_jax.weights.convert import ConversionError, torch_entries, torch_shapes, torch_to_flax
+from emo_jax.weights.io import Entry, find_weights, load_state_dict, save_safetensors
+from emo_jax.weights.pretrained import abstract_params as folder_params
+from emo_jax.weights.pretrained import save_pretrained
 
 INDEX = "emo_index.json"
 FORMAT = "emo_jax-export"
@@ -98,7 +95,6 @@ def _part_tree(flat: dict, part: Part) -> dict:
 
 
 def _unet_shapes(config: Config) -> dict[str, tuple[int, ...]]:
-    from emo_jax.models.unet import UNET_FORMAT
 
     cfg = config.model.unet
     return torch_shapes(folder_params(UNET_FORMAT.build(cfg, None), UNET_FORMAT, cfg))
@@ -134,9 +130,6 @@ def _part_config(part: Part, config: Config) -> dict:
 
 def export_model(folder: str | Path, config: Config, params: dict, overwrite: bool = False) -> None:
     """Writes the exported folder for a model bundle's params {"emo": ..., "vae": ...}."""
-    from emo_jax.models.motion_adapter import MOTION_ADAPTER_FORMAT, adapter_config
-    from emo_jax.models.vae import VAE_FORMAT
-
     flat = flatten_dict(jax.tree_util.tree_map(np.asarray, params["emo"]))
     with atomic_folder(folder, overwrite) as tmp:
         components, placeholders = {}, {}
@@ -190,9 +183,6 @@ def is_export(folder: str | Path) -> bool:
 
 def import_model(folder: str | Path) -> tuple[Config, dict]:
     """An exported folder -> (config, {"emo": ..., "vae": ...}), every tensor accounted for."""
-    from emo_jax.models.emo import EMOModel, abstract_params
-    from emo_jax.models.vae import VAE_FORMAT
-
     folder = Path(folder)
     index = read_json(folder / INDEX)
     if index.get("format") != FORMAT:

@@ -18,9 +18,18 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from emo_jax.checkpoint import bundle, export, layouts
-from emo_jax.checkpoint.convert import torch_shapes, torch_to_flax
-from emo_jax.checkpoint.pretrained import (
+from emo_jax.checkpoint import bundle
+from emo_jax.config import Config, MotionAdapterConfig, UNetConfig, VAEConfig
+from emo_jax.errors import InputError
+from emo_jax.files import atomic_folder, read_json, write_json
+from emo_jax.interop import export, layouts
+from emo_jax.models.motion_adapter import MOTION_ADAPTER_FORMAT
+from emo_jax.models.unet import UNET_FORMAT
+from emo_jax.models.vae import VAE_FORMAT
+from emo_jax.models.wav2vec2 import WAV2VEC2_FORMAT
+from emo_jax.weights.convert import torch_shapes, torch_to_flax
+from emo_jax.weights.io import load_state_dict
+from emo_jax.weights.pretrained import (
     FolderFormat,
     abstract_params,
     config_json,
@@ -28,9 +37,6 @@ from emo_jax.checkpoint.pretrained import (
     read_config,
     save_pretrained,
 )
-from emo_jax.checkpoint.torch_io import atomic_folder, load_state_dict, read_json, write_json
-from emo_jax.config import Config, MotionAdapterConfig, UNetConfig, VAEConfig
-from emo_jax.errors import InputError
 
 PIPELINE_INDEX = {
     "_class_name": "StableDiffusionPipeline",
@@ -52,11 +58,6 @@ class Model:
 
 def folder_formats() -> dict[str, FolderFormat]:
     """{kind: FolderFormat} of the single-component folders."""
-    from emo_jax.models.motion_adapter import MOTION_ADAPTER_FORMAT
-    from emo_jax.models.unet import UNET_FORMAT
-    from emo_jax.models.vae import VAE_FORMAT
-    from emo_jax.models.wav2vec2 import WAV2VEC2_FORMAT
-
     return {
         "unet": UNET_FORMAT,
         "vae": VAE_FORMAT,

@@ -24,8 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from emo_jax.checkpoint.convert import Rename, torch_entries, torch_shapes, torch_to_flax
-from emo_jax.checkpoint.torch_io import load_state_dict, read_json
 from emo_jax.config import (
     AudioConfig,
     ConfigError,
@@ -39,6 +37,10 @@ from emo_jax.config import (
     from_dict,
 )
 from emo_jax.errors import InputError
+from emo_jax.files import read_json
+from emo_jax.models.hallo import HalloModel, abstract_params
+from emo_jax.weights.convert import Rename, torch_entries, torch_shapes, torch_to_flax
+from emo_jax.weights.io import Entry, load_state_dict
 
 PARTS = {  # Hallo's Net attribute -> emo_jax EMOModel attribute
     "reference_unet": "reference_unet",
@@ -281,8 +283,6 @@ def to_flax(state: Any, abstract: Any, max_len: int, source: str) -> Any:
 
 def export_entries(params: Any, max_len: int) -> list:
     """Hallo's `net.pth` tensors (lazy entries, Hallo's key names) for EMO params."""
-    from emo_jax.checkpoint.torch_io import Entry
-
     entries = torch_entries(params, RENAMES)
     shapes = {e.key: e.shape for e in entries}
     for key, shape in pe_keys(shapes, max_len).items():
@@ -303,8 +303,6 @@ class HalloWeights:
 
 def read(path: str | Path, vae: VAEConfig | None = None) -> HalloWeights:
     """Reads Hallo's `net.pth` (sizes from the JSON files beside it, else Hallo's released)."""
-    from emo_jax.models.hallo import HalloModel, abstract_params
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")

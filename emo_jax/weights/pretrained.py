@@ -11,18 +11,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from emo_jax.checkpoint.convert import Rename, torch_entries, torch_to_flax
-from emo_jax.checkpoint.torch_io import (
-    atomic_folder,
-    find_weights,
-    load_state_dict,
-    read_json,
-    save_safetensors,
-    to_entries,
-    write_json,
-)
 from emo_jax.config import ConfigError, from_dict, to_dict
 from emo_jax.errors import InputError
+from emo_jax.files import atomic_folder, read_json, write_json
+from emo_jax.weights.convert import Rename, torch_entries, torch_to_flax
+from emo_jax.weights.io import find_weights, load_state_dict, save_safetensors, to_entries
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,10 +18,13 @@ from pathlib import Path
 
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from emo_jax.checkpoint.convert import ConversionError, flax_to_torch, torch_to_flax
-from emo_jax.checkpoint.torch_io import find_weights, load_state_dict
+from emo_jax.checkpoint.bundle import save_bundle
 from emo_jax.config import Config
 from emo_jax.errors import InputError
+from emo_jax.interop.formats import read
+from emo_jax.models.emo import EMOModel, init_params
+from emo_jax.weights.convert import ConversionError, flax_to_torch, torch_to_flax
+from emo_jax.weights.io import find_weights, load_state_dict
 
 REFERENCE_UNUSED = r"^(conv_norm_out|conv_out)\.|transformer_blocks\.\d+\.(attn2|norm2)\."
 BACKBONE_UNUSED = r"transformer_blocks\.\d+\.attn2\."
@@ -166,10 +169,6 @@ def build_emo_bundle(
     """A model bundle to start training from: a fresh EMO of `config` with an SD1.5 checkpoint
     (any format `emo-jax convert` reads) in its ReferenceNet/backbone and VAE, and optionally
     AnimateDiff motion modules."""
-    from emo_jax.checkpoint.bundle import save_bundle
-    from emo_jax.checkpoint.formats import read
-    from emo_jax.models.emo import EMOModel, init_params
-
     if Path(dst).exists() and not overwrite:
         raise InputError(f"{dst}: already exists (use --overwrite to replace it)")
     sd = read(sd_source, config=config)
