@@ -434,6 +434,7 @@ class TemporalConfig:
     motion_max_seq_length: int = 32  # positional encodings: n motion + f frames must fit
     motion_transformer_layers_per_block: int = 1
     use_motion_mid_block: bool = True
+    norm_per_frame: bool = False  # GroupNorm statistics per frame (AnimateDiff's original, Hallo)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -450,6 +451,20 @@ class MotionAdapterConfig:
     motion_max_seq_length: int = 32
     use_motion_mid_block: bool = True
     conv_in_channels: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class HalloConfig:
+    """What Hallo's network has beyond EMO's (model.emo.family = "hallo"); Hallo's sizes."""
+
+    face_embed_dim: int = 512  # ArcFace identity embedding -> ImageProjModel
+    face_tokens: int = 4  # its tokens: the cross-attention context of both UNets
+    audio_attention_dim: int = 768  # width of the audio tokens (AudioProjModel output_dim)
+    audio_blocks: tuple[str, ...] = ("up", "down", "mid")  # audio modules with 3 region
+    audio_depths: tuple[int, ...] = (0, 1, 2, 3)  # cross-attentions (else one plain one)
+    face_locator_in_channels: int = 3  # the face-region image (RGB)
+    motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # pose (full), face, lip weights
+    face_expand_ratio: float = 1.2  # face box side x this = the face region
 
 
 @dataclasses.dataclass(frozen=True)
@@ -470,6 +485,14 @@ class EMOConfig:
     speed_hidden_dim: int = 256
     speed_embed_dim: int = 768  # l: width of the speed tokens
     remat: bool = False  # rematerialise each UNet block in the backward pass
+    family: str = "emo"  # "emo" or "hallo" (Hallo's network: model.hallo)
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ConfigError(f"model.emo.family: {self.family!r} is not one of emo, hallo")
+
+
+FAMILIES = ("emo", "hallo")
 
 
 ATTENTION = ("auto", "xla", "cudnn", "splash", "chunked")  # model.attention's choices
@@ -483,6 +506,7 @@ class ModelConfig:
     vae: VAEConfig = VAEConfig()
     audio: AudioConfig = AudioConfig()
     emo: EMOConfig = EMOConfig()
+    hallo: HalloConfig = HalloConfig()
     dtype: str = "float32"  # compute dtype; params stay float32
     attention: str = "auto"  # one of ATTENTION (emo_jax.nn.attention says what each is)
 
