@@ -152,13 +152,16 @@ def test_animatediff_layout_agrees_with_diffusers(tmp_path):
             assert np.array_equal(v, expected[k]), k
     # its temporal module computes what ours computes
     from emo_jax.interop.formats import read
+    from emo_jax.nn.conditions import Conditions
     from emo_jax.nn.temporal import TemporalTransformer
 
     ours_model = read(tmp_path / "adapter")
     mm = reloaded.up_blocks[1].motion_modules[0]
     x = np.random.default_rng(0).standard_normal((2 * 6, 4, 4, 32), np.float32)
     module = TemporalTransformer(8, norm_num_groups=32, max_positions=16)
-    out = module.apply({"params": ours_model.params["up_blocks_1"]["motion_modules_0"]}, x, 6)
+    out = module.apply(
+        {"params": ours_model.params["up_blocks_1"]["motion_modules_0"]}, x, Conditions(6)
+    )
     with torch.no_grad():
         ref = mm(torch.from_numpy(np.moveaxis(x, -1, 1).copy()), num_frames=6).numpy()
     assert np.abs(out - np.moveaxis(ref, 1, -1)).max() <= 1e-4 * np.abs(ref).max()

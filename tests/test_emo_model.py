@@ -18,6 +18,7 @@ from emo_jax.config import load_config, to_dict
 from emo_jax.interop.emo_parts import init_from_pretrained
 from emo_jax.models.emo import EMOModel, abstract_params, encode_reference, init_params
 from emo_jax.models.inventory import COMPONENTS, emo_counts
+from emo_jax.nn.conditions import Conditions
 from emo_jax.nn.temporal import TemporalTransformer
 from emo_jax.weights.convert import ConversionError, torch_to_flax
 
@@ -213,9 +214,10 @@ def test_temporal_module_matches_diffusers():
     module = TemporalTransformer(2, norm_num_groups=4, max_positions=24)
     frames = 6
     x = np.random.default_rng(0).standard_normal((2 * frames, 5, 3, 16), np.float32)
-    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), x, frames))["params"]
+    conditions = Conditions(frames)
+    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), x, conditions))["params"]
     params, _, _ = torch_to_flax(sd, abstract)
-    ours = module.apply({"params": params}, x, frames)
+    ours = module.apply({"params": params}, x, conditions)
     with torch.no_grad():
         theirs = ref(torch.from_numpy(np.moveaxis(x, -1, 1).copy()), num_frames=frames)
     theirs = np.moveaxis(theirs.numpy(), 1, -1)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emo_jax.config import EMOConfig, MotionAdapterConfig, UNetConfig
+from emo_jax.nn.conditions import Conditions
 from emo_jax.nn.temporal import TemporalTransformer
 from emo_jax.nn.transformer import sinusoidal_positions
 from emo_jax.weights import pretrained
@@ -39,7 +40,7 @@ class MotionModules(nn.Module):
                 self.norm_num_groups,
                 self.max_positions,
                 name=f"motion_modules_{j}",
-            )(jnp.zeros((1, 1, 1, self.channels)), 1)
+            )(jnp.zeros((1, 1, 1, self.channels)), Conditions())
 
 
 class MotionAdapterModel(nn.Module):

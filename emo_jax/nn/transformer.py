@@ -13,9 +13,11 @@ import jax
 import jax.numpy as jnp
 
 from emo_jax.nn.attention import Attention
+from emo_jax.nn.conditions import Conditions
 from emo_jax.nn.resnet import conv, group_norm
 
 REFERENCE = "reference"  # the collection ReferenceNet blocks write their tokens to
+TOKENS = "tokens"  # the name each block records its tokens under
 
 
 def sinusoidal_positions(length: int, dim: int) -> jax.Array:
@@ -68,8 +70,8 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock(nn.Module):
     """norm1 -> self-attention (attn1) -> norm2 -> cross-attention (attn2) -> norm3 -> ff.
 
-    `write_reference`: record norm1's output (ReferenceNet). `reference`: (B, S, C) tokens of
-    the ReferenceNet twin, appended to attn1's keys/values for every frame (backbone).
+    `write_reference`: record norm1's output (ReferenceNet). `Conditions.references`: the
+    ReferenceNet twin's tokens, appended to attn1's keys/values for every frame (backbone).
     `cross_attention`: False drops norm2/attn2 (a block with nothing to cross-attend to); with
     no `context`, attn2 is a second self-attention (AnimateDiff's temporal blocks).
     `max_positions`: sinusoidal positions are added before attn1 and attn2 (temporal blocks).
@@ -84,32 +86,41 @@ class BasicTransformerBlock(nn.Module):
     zero_init_cross_out: bool = False
     max_positions: int | None = None
     dtype: Any = jnp.float32
+    attention_impl: str = "xla"
 
     @nn.compact
     def __call__(
         self,
         x: jax.Array,
         context: jax.Array | None = None,
-        reference: jax.Array | None = None,
-        num_frames: int = 1,
-        reference_keep: jax.Array | None = None,
+        conditions: Conditions | None = None,
     ) -> jax.Array:
-        """`reference_keep` (B,) bool: samples whose reference tokens are masked out (dropped)."""
+        """x (B*F, T, C); reads `references` ({"tokens": (B, S, C)}: this block's twin) and
+        `reference_keep` from `conditions`."""
         attn = lambda name, zero=False: Attention(  # noqa: E731
-            self.heads, self.dim_head, zero_init_out=zero, dtype=self.dtype, name=name
+            self.heads,
+            self.dim_head,
+            zero_init_out=zero,
+            dtype=self.dtype,
+            name=name,
+            implementation=self.attention_impl,
         )
         pos = lambda h: h if self.max_positions is None else h + positions(h, self.max_positions)  # noqa: E731
         h = layer_norm(1e-5, self.dtype, "norm1")(x)  # (B*F, T, C)
         if self.write_reference:
-            self.sow(REFERENCE, "tokens", h)
+            self.sow(REFERENCE, TOKENS, h)
+        cond = conditions or Conditions()
         kv, kv_mask = None, None
         if self.only_cross_attention:
             kv = context
-        elif reference is not None:
-            ref = jnp.repeat(reference.astype(h.dtype), num_frames, axis=0)  # (B*F, S, C)
+        elif cond.references is not None:
+            f = cond.num_frames
+            ref = cond.references[TOKENS].astype(h.dtype)
+            if ref.shape[0] != h.shape[0]:  # one set per sample, else one per frame (Hallo)
+                ref = jnp.repeat(ref, f, axis=0)  # (B*F, S, C)
             kv = jnp.concatenate([h, ref], axis=1)  # (B*F, T+S, C)
-            if reference_keep is not None:
-                keep = jnp.repeat(reference_keep, num_frames)[:, None]  # (B*F, 1)
+            if cond.reference_keep is not None:
+                keep = jnp.repeat(cond.reference_keep, f)[:, None]  # (B*F, 1)
                 kv_mask = jnp.concatenate(
                     [jnp.ones(h.shape[:2], bool), jnp.broadcast_to(keep, ref.shape[:2])], axis=1
                 )  # (B*F, T+S)
@@ -144,16 +155,16 @@ class Transformer2DModel(nn.Module):
     write_reference: bool = False
     zero_init_cross_out: bool = False
     dtype: Any = jnp.float32
+    attention_impl: str = "xla"
 
     @nn.compact
     def __call__(
         self,
         x: jax.Array,
         context: jax.Array | None = None,
-        references: dict | None = None,
-        num_frames: int = 1,
-        reference_keep: jax.Array | None = None,
+        conditions: Conditions | None = None,
     ) -> jax.Array:
+        cond = conditions or Conditions()
         b, hgt, wdt, c = x.shape
         inner = self.heads * self.dim_head
         residual = x
@@ -173,14 +184,9 @@ class Transformer2DModel(nn.Module):
                 write_reference=self.write_reference,
                 zero_init_cross_out=self.zero_init_cross_out,
                 dtype=self.dtype,
+                attention_impl=self.attention_impl,
                 name=name,
-            )(
-                x,
-                context,
-                None if references is None else references[name]["tokens"],
-                num_frames,
-                reference_keep,
-            )
+            )(x, context, cond.at(name))
         if self.use_linear_projection:
             x = nn.Dense(c, dtype=self.dtype, name="proj_out")(x).reshape(b, hgt, wdt, c)
         else:
