@@ -333,6 +333,12 @@ class VAEConfig:
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
 
+    @property
+    def factor(self) -> int:
+        """Pixels per latent along each axis: one stride-2 step per block after the first (8
+        for the SD VAE)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
 
 @dataclasses.dataclass(frozen=True)
 class Wav2Vec2Config:
@@ -430,6 +436,7 @@ class TemporalConfig:
     motion_max_seq_length: int = 32  # positional encodings: n motion + f frames must fit
     motion_transformer_layers_per_block: int = 1
     use_motion_mid_block: bool = True
+    norm_per_frame: bool = False  # GroupNorm statistics per frame (AnimateDiff's original, Hallo)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,6 +453,20 @@ class MotionAdapterConfig:
     motion_max_seq_length: int = 32
     use_motion_mid_block: bool = True
     conv_in_channels: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class HalloConfig:
+    """What Hallo's network has beyond EMO's (model.emo.family = "hallo"); Hallo's sizes."""
+
+    face_embed_dim: int = 512  # ArcFace identity embedding -> ImageProjModel
+    face_tokens: int = 4  # its tokens: the cross-attention context of both UNets
+    audio_attention_dim: int = 768  # width of the audio tokens (AudioProjModel output_dim)
+    audio_blocks: tuple[str, ...] = ("up", "down", "mid")  # audio modules with 3 region
+    audio_depths: tuple[int, ...] = (0, 1, 2, 3)  # cross-attentions (else one plain one)
+    face_locator_in_channels: int = 3  # the face-region image (RGB)
+    motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # pose (full), face, lip weights
+    face_expand_ratio: float = 1.2  # face box side x this = the face region
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,6 +487,17 @@ class EMOConfig:
     speed_hidden_dim: int = 256
     speed_embed_dim: int = 768  # l: width of the speed tokens
     remat: bool = False  # rematerialise each UNet block in the backward pass
+    family: str = "emo"  # "emo" or "hallo" (Hallo's network: model.hallo)
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ConfigError(f"model.emo.family: {self.family!r} is not one of emo, hallo")
+
+
+FAMILIES = ("emo", "hallo")
+
+
+ATTENTION = ("auto", "xla", "cudnn", "splash", "chunked")  # model.attention's choices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -476,15 +508,22 @@ class ModelConfig:
     vae: VAEConfig = VAEConfig()
     audio: AudioConfig = AudioConfig()
     emo: EMOConfig = EMOConfig()
+    hallo: HalloConfig = HalloConfig()
     dtype: str = "float32"  # compute dtype; params stay float32
+    attention: str = "auto"  # one of ATTENTION (emo_jax.nn.attention says what each is)
 
     def __post_init__(self):
+        if self.attention not in ATTENTION:
+            raise ConfigError(f"model.attention: {self.attention!r} is not one of {ATTENTION}")
         locator, vae = len(self.emo.face_locator_channels), len(self.vae.block_out_channels)
         if self.emo.use_face_locator and locator != vae:
             raise ConfigError(
                 f"model.emo.face_locator_channels has {locator} entries ({locator - 1} stride-2 "
                 f"steps), model.vae.block_out_channels {vae}: they must downsample alike"
             )
+
+
+SAMPLERS = ("ddim", "dpmpp_2m")  # DDIM; DPM-Solver++ 2M (emo_jax.diffusion.samplers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -506,7 +545,7 @@ class DiffusionConfig:
     use_karras_sigmas: bool = False  # DPM-Solver++: Karras et al. sigma spacing
     final_sigmas_type: str = "zero"  # DPM-Solver++: last sigma "zero" or "sigma_min"
     snr_gamma: float | None = None  # training: min-SNR-gamma loss weighting (None: plain MSE)
-    sampler: str = "ddim"  # or "dpmpp_2m" (DPM-Solver++ 2M)
+    sampler: str = "ddim"  # one of SAMPLERS
     num_inference_steps: int = 40  # the paper: DDIM, 40 steps
     eta: float = 0.0  # DDIM noise (0: deterministic)
     guidance_scale: float = 3.5  # CFG scale (Hallo); the reference scale if audio's is set
@@ -518,7 +557,7 @@ class DiffusionConfig:
             "prediction_type": ("epsilon", "v_prediction", "sample"),
             "timestep_spacing": ("leading", "trailing", "linspace"),
             "final_sigmas_type": ("zero", "sigma_min"),
-            "sampler": ("ddim", "dpmpp_2m"),
+            "sampler": SAMPLERS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -544,8 +583,8 @@ class DataConfig:
     worker_count: int = 0  # Grain worker processes (0: load in the main process)
     worker_buffer_size: int = 2
     # preprocessing (emo-jax preprocess)
-    detector: str = "haar"  # emo_jax.data.faces.DETECTORS
-    pose: str = "flow"  # emo_jax.data.pose.POSE_ESTIMATORS
+    detector: str = "auto"  # face back end: auto | dlib | haar (emo_jax.faces.detect)
+    pose: str = "flow"  # head speed: flow (in the face track) | landmarks (emo_jax.faces.pose)
     crop_scale: float = 2.0  # crop side / median face box side
     jpeg_quality: int = 95
     min_face_fraction: float = 0.5  # skip a video whose face is found in fewer frames

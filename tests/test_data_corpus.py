@@ -10,11 +10,11 @@ import soundfile as sf
 
 from emo_jax.config import Config, ConfigError, DataConfig, TrainConfig, load_config
 from emo_jax.data import records, synth
-from emo_jax.data.faces import box_iou
 from emo_jax.data.pipeline import YIQ, make_loader, rotate_hue
 from emo_jax.data.preprocess import preprocess
 from emo_jax.data.video import VideoWriter
 from emo_jax.errors import InputError
+from emo_jax.faces.track import box_iou
 from emo_jax.train.data import eval_data
 
 RES = 64
@@ -63,7 +63,7 @@ def test_manifest_counts_and_reasons(corpus):
         "frames": 3 * 100 + manifest["videos"][0]["n_frames"],
     }
     reasons = {item["file"].split("/")[-1]: item["reason"] for item in manifest["skipped"]}
-    assert "not a readable video" in reasons["notes.mp4"]
+    assert "not readable as a video" in reasons["notes.mp4"]
     assert "no audio track" in reasons["silent.mp4"]
     assert "no face" in reasons["noface.mp4"]
     (trimmed,) = manifest["trimmed"]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from emo_jax.commands.arguments import whole
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="run (or resume) a training stage of a stage file")
     p.add_argument("--config", required=True, help="stage file, e.g. configs/train/paper.yaml")
     p.add_argument("--stage", type=int, help="the stage to run (train.stage): 0 autoencoder, 1-3")
     p.add_argument("--coordinator", help="multi-host: address:port of process 0")
-    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
-    p.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    p.add_argument("--num-processes", type=whole(1), help="multi-host: number of processes")
+    p.add_argument("--process-id", type=whole(0), help="multi-host: this process's index")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=1000")
     p.set_defaults(func=run)
@@ -21,7 +23,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from emo_jax.config import load_config
+    from emo_jax.errors import check_input
 
+    check_input(args.config, "config file")
     overrides = list(args.overrides)
     for flag, key in (
         (args.stage, "train.stage"),

@@ -15,10 +15,10 @@ import dataclasses
 
 import numpy as np
 
-from emo_jax.data.faces import HaarDetector
 from emo_jax.data.speech import Voice, resample, speak
 from emo_jax.data.synth import HELDOUT_SEED_BASE, SAMPLE_RATE, draw_still, make_identity
 from emo_jax.data.visemes import mouth_track
+from emo_jax.faces.detect import HaarBackend
 
 SENTENCE = "Hello! I am a talking portrait, made from a single photo."
 SIDE = 256
@@ -59,7 +59,7 @@ def portrait() -> np.ndarray:
     from skimage import data
 
     image = data.astronaut()
-    box = HaarDetector()(image)
+    box = HaarBackend()(image)
     cx, cy = (box[:2] + box[2:]) / 2
     x0 = int(np.clip(round(cx - SIDE / 2), 0, image.shape[1] - SIDE))
     y0 = int(np.clip(round(cy - SIDE / 2), 0, image.shape[0] - SIDE))

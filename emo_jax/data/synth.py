@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,9 +41,9 @@ import numpy as np
 
 from emo_jax.config import AudioConfig
 from emo_jax.data import sentences, speech, visemes
-from emo_jax.data.pose import rotation, rotation_speed
 from emo_jax.data.video import FPS, VideoWriter
 from emo_jax.errors import InputError
+from emo_jax.faces.pose import rotation, rotation_speed
 from emo_jax.files import atomic_write, write_json
 
 SAMPLE_RATE = AudioConfig.sample_rate  # the default model's
@@ -593,11 +592,6 @@ def write_clip(
     ) as w:
         w.write(clip.frames)
     return out_dir / f"{name}.mp4"
-
-
-def load_truth(path: str | Path) -> dict:
-    """Reads a clip's ground-truth JSON."""
-    return json.loads(Path(path).read_text())
 
 
 def make_corpus(
