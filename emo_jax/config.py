@@ -194,7 +194,9 @@ def select_stage(data: dict, stage: Any, where: str) -> dict:
         raise ConfigError(f"{where}: stages: expected a mapping of stage number -> settings")
     known = ", ".join(str(k) for k in sorted(stages))
     if stage is None:
-        raise ConfigError(f"{where}: a stage file (stages {known}): pick one with --stage N")
+        raise ConfigError(
+            f"{where}: a stage file (stages {known}): pick one with --stage N (train.stage=N)"
+        )
     if stage not in stages:
         raise ConfigError(f"{where}: no stage {stage!r} (stages {known})")
     paths: dict[str, str] = {}
