@@ -13,7 +13,9 @@ from emo_jax.nn.resnet import conv
 
 
 class FaceLocator(nn.Module):
-    """Mask (B, H, W) in [0, 1] -> features (B, H/2^k, W/2^k, out_channels), k = len(channels)-1.
+    """Mask (B, H, W) or image (B, H, W, C) in [0, 1] -> features (B, H/2^k, W/2^k,
+    out_channels), k = len(channels)-1 (EMO: a one-channel mask; Hallo: a 3-channel image of
+    the face region).
 
     AnimateAnyone's pose-guider layout: `conv_in`, then per level a 3x3 conv and a stride-2
     3x3 conv (`blocks_0`, `blocks_1`, ...), SiLU between; `conv_out` starts at zero, so a
@@ -26,7 +28,8 @@ class FaceLocator(nn.Module):
 
     @nn.compact
     def __call__(self, mask: jax.Array) -> jax.Array:
-        x = mask.astype(self.dtype)[..., None]  # (B, H, W, 1)
+        x = mask.astype(self.dtype)
+        x = x[..., None] if x.ndim == 3 else x  # (B, H, W, C)
         x = jax.nn.silu(conv(self.channels[0], 3, self.dtype, "conv_in")(x))
         for i in range(len(self.channels) - 1):
             x = jax.nn.silu(conv(self.channels[i], 3, self.dtype, f"blocks_{2 * i}")(x))

@@ -14,8 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from emo_jax.config import TemporalConfig, UNetConfig
+from emo_jax.config import HalloConfig, TemporalConfig, UNetConfig
 from emo_jax.nn.activations import get_activation
+from emo_jax.nn.audio_attention import AudioModule
 from emo_jax.nn.conditions import Conditions
 from emo_jax.nn.embeddings import TimestepEmbedding, timestep_embedding
 from emo_jax.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D, conv, group_norm
@@ -150,6 +151,9 @@ class UNetBlock(nn.Module):
     speed: bool = False
     zero_init_cross_out: bool = False
     upsample_size: tuple[int, int] | None = None
+    hallo: HalloConfig | None = None
+    level: int = 0  # Hallo: the region-mask level of this block's resolution
+    audio_widths: tuple[int, ...] = ()  # Hallo: per layer, the width its audio module uses
     dtype: Any = jnp.float32
     attention_impl: str = "xla"
 
@@ -184,23 +188,52 @@ class UNetBlock(nn.Module):
             name=name,
         )(x, context, conditions.at(name))
 
+    def audio_module(self, i: int, x: jax.Array, conditions: Conditions) -> jax.Array:
+        """Hallo's audio module i, after the spatial transformer (audio tokens, region masks
+        and motion_scale from `conditions`)."""
+        hallo, spec, cond = self.hallo, self.spec, conditions
+        if hallo is None or not spec.attention or self.write_reference:
+            return x
+        regions = self.kind in hallo.audio_blocks and self.level in hallo.audio_depths
+        return AudioModule(
+            spec.heads,
+            self.audio_widths[i] // spec.heads,
+            norm_num_groups=self.cfg.norm_num_groups,
+            regions=regions,
+            dtype=self.dtype,
+            name=f"audio_modules_{i}",
+        )(
+            x,
+            cond.audio_tokens,
+            cond.region_masks[self.level] if regions else None,
+            cond.motion_scale,
+        )
+
     def motion_module(self, i: int, x: jax.Array, conditions: Conditions) -> jax.Array:
-        """Temporal module i (with the motion frames' features recorded at `motion_i`)."""
+        """Temporal module i (with the motion frames' features recorded at `motion_i`).
+
+        Hallo runs its denoiser in training mode, where the temporal modules of blocks without
+        attention never run: they exist (their weights are in the checkpoint) but are skipped."""
         name = f"motion_{i}"
         if self.write_reference:
             self.sow(MOTION, name, x)
         if self.temporal is None:
             return x
-        return TemporalTransformer(
+        skip = self.hallo is not None and not self.spec.attention
+        if skip and not self.is_initializing():
+            return x
+        y = TemporalTransformer(
             self.temporal_heads,
             num_layers=self.temporal.motion_transformer_layers_per_block,
             norm_num_groups=self.temporal.motion_norm_num_groups,
             max_positions=self.temporal.motion_max_seq_length,
             speed=self.speed,
+            norm_per_frame=self.temporal.norm_per_frame,
             dtype=self.dtype,
             attention_impl=self.attention_impl,
             name=f"motion_modules_{i}",
         )(x, conditions.at(name))
+        return x if skip else y
 
     @nn.compact
     def __call__(
@@ -216,6 +249,7 @@ class UNetBlock(nn.Module):
             x = self.resnet(0, x, temb)
             if spec.attention:
                 x = self.attention(0, x, context, conditions)
+            x = self.audio_module(0, x, conditions)
             x = self.motion_module(0, x, conditions)
             return self.resnet(1, x, temb)
         outputs = []
@@ -225,6 +259,7 @@ class UNetBlock(nn.Module):
             x = self.resnet(i, x, temb)
             if spec.attention:
                 x = self.attention(i, x, context, conditions)
+            x = self.audio_module(i, x, conditions)
             x = self.motion_module(i, x, conditions)
             outputs.append(x)
         if spec.resample and self.kind == "down":
@@ -248,6 +283,9 @@ class UNet2DConditionModel(nn.Module):
         (`conv_norm_out`, `conv_out`), which nothing reads, is not built.
       temporal / speed: backbone temporal modules (AnimateDiff), with the speed layer.
       zero_init_cross_out: the cross-attention (audio-attention) output starts at zero.
+      hallo: Hallo's denoiser: audio modules after the spatial transformers (reading
+        `Conditions.audio_tokens`, `region_masks`, `motion_scale`); temporal modules only in
+        blocks with attention (emo_jax.models.hallo).
       remat: rematerialise every block in the backward pass.
     Call inputs for video: frames folded into the batch (B*F, H, W, C) with `conditions`
     (`Conditions`: F, the ReferenceNet's tokens and motion features, speed tokens, ...);
@@ -259,6 +297,7 @@ class UNet2DConditionModel(nn.Module):
     temporal: TemporalConfig | None = None
     speed: bool = False
     zero_init_cross_out: bool = False
+    hallo: HalloConfig | None = None
     remat: bool = False
     dtype: Any = jnp.float32
     attention_impl: str = "xla"  # one of config.ATTENTION
@@ -302,8 +341,9 @@ class UNet2DConditionModel(nn.Module):
             context = context.astype(self.dtype)
         conditions = conditions or Conditions()
         block_cls = nn.remat(UNetBlock) if self.remat else UNetBlock
+        widths = audio_widths(cfg, down_specs, up_specs)
 
-        def block(kind, spec, name, heads, x, skips=(), size=None):
+        def block(kind, spec, name, heads, x, skips=(), size=None, level=0):
             return block_cls(
                 kind,
                 spec,
@@ -316,6 +356,9 @@ class UNet2DConditionModel(nn.Module):
                 speed=self.speed,
                 zero_init_cross_out=self.zero_init_cross_out,
                 upsample_size=size,
+                hallo=self.hallo,
+                level=level,
+                audio_widths=widths[name],
                 dtype=self.dtype,
                 attention_impl=self.attention_impl,
                 name=name,
@@ -326,14 +369,16 @@ class UNet2DConditionModel(nn.Module):
             x = x + sample_residual.astype(self.dtype)
         skips = [x]
         for i, spec in enumerate(down_specs):
-            x, out = block("down", spec, f"down_blocks_{i}", theads[i], x)
+            x, out = block("down", spec, f"down_blocks_{i}", theads[i], x, level=i)
             skips.extend(out)
         if mid_spec is not None:
-            x = block("mid", mid_spec, "mid_block", theads[-1], x)
+            x = block("mid", mid_spec, "mid_block", theads[-1], x, level=n_blocks - 1)
         for i, spec in enumerate(up_specs):
             own, skips = skips[-spec.num_layers :], skips[: -spec.num_layers]
             size = tuple(skips[-1].shape[1:3]) if skips else None
-            x = block("up", spec, f"up_blocks_{i}", theads[::-1][i], x, tuple(own), size)
+            x = block(
+                "up", spec, f"up_blocks_{i}", theads[::-1][i], x, tuple(own), size, n_blocks - 1 - i
+            )
         if self.write_reference:
             return x
         if cfg.norm_num_groups is not None:
@@ -350,6 +395,22 @@ class UNet2DConditionModel(nn.Module):
     def save_pretrained(params: Any, config: UNetConfig, folder) -> None:
         """Writes a diffusers `UNet2DConditionModel` folder."""
         pretrained.save_pretrained(params, config, folder, UNET_FORMAT)
+
+
+def audio_widths(
+    cfg: UNetConfig, down: tuple[BlockSpec, ...], up: tuple[BlockSpec, ...]
+) -> dict[str, tuple[int, ...]]:
+    """{block name: per layer, the width Hallo's audio module attends in}: the layer's input
+    width in down blocks, the block's `in_channels` (the next-deeper width) in up blocks."""
+    outs = cfg.block_out_channels
+    n = len(outs)
+    out = {"mid_block": (outs[-1],)}
+    for i, spec in enumerate(down):
+        first = outs[max(i - 1, 0)]
+        out[f"down_blocks_{i}"] = (first,) + (spec.out_channels,) * (spec.num_layers - 1)
+    for i, spec in enumerate(up):
+        out[f"up_blocks_{i}"] = (outs[::-1][min(i + 1, n - 1)],) * spec.num_layers
+    return out
 
 
 def dummy_inputs(cfg: UNetConfig) -> tuple:

@@ -24,6 +24,10 @@ class Conditions:
     motion          motion-frame features, a tree shaped as the module tree down to each
                     temporal position: {..."motion_i": (B*n, h, w, C)}, n motion frames.
     speed_tokens    (B, F, L) speed-encoder tokens the temporal modules' speed layer attends to.
+    audio_tokens    Hallo: (B*F, K, D) audio tokens its audio modules attend to.
+    region_masks    Hallo: per mask level k (latent side / 2^k) the (full, face, lip) region
+                    masks (B*F, L_k^2) of its audio modules.
+    motion_scale    Hallo: (3,) weights of the full, face and lip audio attentions.
 
     A new condition is a new field: per-sample arrays are read where they are used; trees keyed
     by module names carry `PER_MODULE` metadata and each module passes `at(child)` down.
@@ -34,6 +38,9 @@ class Conditions:
     reference_keep: jax.Array | None = None
     motion: Any = struct.field(default=None, metadata={PER_MODULE: True})
     speed_tokens: jax.Array | None = None
+    audio_tokens: jax.Array | None = None
+    region_masks: tuple | None = None
+    motion_scale: jax.Array | None = None
 
     def at(self, name: str) -> Conditions:
         """The conditions of submodule `name`: every `PER_MODULE` tree narrowed to its

@@ -23,6 +23,8 @@ class TemporalTransformer(nn.Module):
     `motion` (B*n, H, W, C), features of n motion frames prepended along the frame axis (their
     outputs dropped); with `speed`, `speed_norm` + `speed_attn` (zero-initialised output) let
     each frame attend to the clip's `speed_tokens` (B, F, L), token j at frame position n + j.
+    `norm_per_frame`: the GroupNorm's statistics are per frame (AnimateDiff's original code and
+    Hallo), not over all frames (diffusers).
     """
 
     heads: int
@@ -30,6 +32,7 @@ class TemporalTransformer(nn.Module):
     norm_num_groups: int = 32
     max_positions: int = 32
     speed: bool = False
+    norm_per_frame: bool = False
     dtype: Any = jnp.float32
     attention_impl: str = "xla"
 
@@ -55,9 +58,11 @@ class TemporalTransformer(nn.Module):
         bf, h, w, c = x.shape
         b = bf // num_frames
         residual = x
-        x = group_norm(self.norm_num_groups, 1e-6, self.dtype, "norm")(
-            x.reshape(b, num_frames, h, w, c)
-        )  # statistics over (F, H, W) per channel group, as (b, c, f, h, w) in PyTorch
+        norm = group_norm(self.norm_num_groups, 1e-6, self.dtype, "norm")
+        if self.norm_per_frame:
+            x = norm(x).reshape(b, num_frames, h, w, c)
+        else:  # statistics over (F, H, W) per channel group, as (b, c, f, h, w) in PyTorch
+            x = norm(x.reshape(b, num_frames, h, w, c))
         x = x.transpose(0, 2, 3, 1, 4).reshape(b * h * w, num_frames, c)  # (B*H*W, F, C)
         x = nn.Dense(c, dtype=self.dtype, name="proj_in")(x)
         for i in range(self.num_layers):

@@ -115,7 +115,9 @@ class BasicTransformerBlock(nn.Module):
             kv = context
         elif cond.references is not None:
             f = cond.num_frames
-            ref = jnp.repeat(cond.references[TOKENS].astype(h.dtype), f, axis=0)  # (B*F, S, C)
+            ref = cond.references[TOKENS].astype(h.dtype)
+            if ref.shape[0] != h.shape[0]:  # one set per sample, else one per frame (Hallo)
+                ref = jnp.repeat(ref, f, axis=0)  # (B*F, S, C)
             kv = jnp.concatenate([h, ref], axis=1)  # (B*F, T+S, C)
             if cond.reference_keep is not None:
                 keep = jnp.repeat(cond.reference_keep, f)[:, None]  # (B*F, 1)

@@ -46,6 +46,7 @@ LIST_NAMES = frozenset(
         "layers",
         "conv_layers",
         "motion_modules",
+        "audio_modules",
         "blocks",
         "mid_blocks",
     }

@@ -31,7 +31,12 @@ def _load_pickle(path: Path) -> dict[str, np.ndarray]:
             f"{path}: reading PyTorch pickle files needs torch (pip install 'emo-jax[torch]')"
         ) from None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:  # memory-mapped: tensors are read from the file as they are used
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy format
     except Exception as e:  # torch raises many kinds for bad files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):
@@ -55,8 +60,8 @@ def _load_pickle(path: Path) -> dict[str, np.ndarray]:
 def load_state_dict(path: str | Path) -> Mapping[str, np.ndarray]:
     """A weight file, or a sharded set named by its `*.index.json`, as numpy arrays.
 
-    Safetensors are read lazily, tensor by tensor (memory-mapped), so converting a checkpoint
-    holds about one copy of the weights; pickles load whole.
+    Safetensors and (zip-format) pickles are memory-mapped and read tensor by tensor, so
+    converting a checkpoint holds about one copy of the weights; legacy pickles load whole.
     """
     path = Path(path)
     if not path.exists():

@@ -1,0 +1,337 @@
+"""Hallo's checkpoint (`net.pth`, fudan-generative-vision/hallo) <-> an emo_jax model of family
+"hallo", by the shared rule table plus Hallo's names:
+
+    audioproj.* / imageproj.*                      audio_proj / image_proj
+    motion_modules.N.temporal_transformer.*        motion_modules_N (diffusers' layout):
+        transformer_blocks.K.attention_blocks.0/1  attn1 / attn2
+        transformer_blocks.K.norms.0/1, ff_norm    norm1 / norm2, norm3
+        ...attention_blocks.J.pos_encoder.pe       (fixed sinusoidal table: checked, recomputed)
+
+The sizes are Hallo's released ones unless `unet_config.json`, `unet_additional_kwargs.json`
+and `modules.json` lie beside `net.pth` (and `vae/config.json`, the VAE's). Reading is strict:
+every key mapped, none left over, shapes checked; the pickle is memory-mapped and read with
+`weights_only`, so a 4.8 GB file is held about once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emo_jax.config import (
+    AudioConfig,
+    ConfigError,
+    DiffusionConfig,
+    EMOConfig,
+    HalloConfig,
+    ModelConfig,
+    TemporalConfig,
+    UNetConfig,
+    VAEConfig,
+    from_dict,
+)
+from emo_jax.errors import InputError
+from emo_jax.files import read_json
+from emo_jax.models.hallo import HalloModel, abstract_params
+from emo_jax.weights.convert import Rename, torch_entries, torch_shapes, torch_to_flax
+from emo_jax.weights.io import Entry, load_state_dict
+
+PARTS = {  # Hallo's Net attribute -> emo_jax EMOModel attribute
+    "reference_unet": "reference_unet",
+    "denoising_unet": "denoising_unet",
+    "face_locator": "face_locator",
+    "imageproj": "image_proj",
+    "audioproj": "audio_proj",
+}
+_MM = r"(motion_modules\.\d+\.)"
+_TB = r"(motion_modules\.\d+\.temporal_transformer\.transformer_blocks\.\d+\.)"
+RENAMES = (
+    Rename(r"^audio_proj\.", "audioproj."),
+    Rename(r"^image_proj\.", "imageproj."),
+    Rename(_MM, r"\1temporal_transformer."),
+    Rename(_TB + r"attn1\.", r"\1attention_blocks.0."),
+    Rename(_TB + r"attn2\.", r"\1attention_blocks.1."),
+    Rename(_TB + r"norm1\.", r"\1norms.0."),
+    Rename(_TB + r"norm2\.", r"\1norms.1."),
+    Rename(_TB + r"norm3\.", r"\1ff_norm."),
+)
+PE = re.compile(r"^(.*attention_blocks\.\d+\.)pos_encoder\.pe$")
+
+# Hallo's released sizes (configs/inference/default.yaml, scripts/inference.py).
+RELEASED_UNET_KWARGS = {
+    "use_inflated_groupnorm": True,
+    "unet_use_cross_frame_attention": False,
+    "unet_use_temporal_attention": False,
+    "use_motion_module": True,
+    "use_audio_module": True,
+    "motion_module_resolutions": [1, 2, 4, 8],
+    "motion_module_mid_block": True,
+    "motion_module_decoder_only": False,
+    "motion_module_type": "Vanilla",
+    "motion_module_kwargs": {
+        "num_attention_heads": 8,
+        "num_transformer_block": 1,
+        "attention_block_types": ["Temporal_Self", "Temporal_Self"],
+        "temporal_position_encoding": True,
+        "temporal_position_encoding_max_len": 32,
+        "temporal_attention_dim_div": 1,
+    },
+    "audio_attention_dim": 768,
+    "stack_enable_blocks_name": ["up", "down", "mid"],
+    "stack_enable_blocks_depth": [0, 1, 2, 3],
+}
+RELEASED_MODULES = {
+    "face_locator": {
+        "conditioning_embedding_channels": 320,
+        "conditioning_channels": 3,
+        "block_out_channels": [16, 32, 64, 128],
+    },
+    "imageproj": {
+        "cross_attention_dim": 768,
+        "clip_embeddings_dim": 512,
+        "clip_extra_context_tokens": 4,
+    },
+    "audioproj": {
+        "seq_len": 5,
+        "blocks": 12,
+        "channels": 768,
+        "intermediate_dim": 512,
+        "output_dim": 768,
+        "context_tokens": 32,
+    },
+}
+# Hallo's sampler: DDIM, v-prediction, zero terminal SNR, trailing, 40 steps, CFG 3.5.
+DIFFUSION = DiffusionConfig(
+    beta_schedule="linear",
+    prediction_type="v_prediction",
+    rescale_betas_zero_snr=True,
+    timestep_spacing="trailing",
+    set_alpha_to_one=True,
+    num_inference_steps=40,
+    guidance_scale=3.5,
+)
+CLIP_FRAMES, MOTION_FRAMES = 16, 2  # data.n_sample_frames, data.n_motion_frames
+
+
+def _expect(path: Path, where: str, value: Any, allowed: Any) -> None:
+    if value != allowed:
+        raise InputError(f"{path}: {where} = {value!r}: emo_jax implements only {allowed!r}")
+
+
+def _read_beside(folder: Path, name: str, default: dict) -> tuple[dict, Path]:
+    path = folder / name
+    return (read_json(path), path) if path.is_file() else (default, path)
+
+
+def model_config(folder: Path, vae: VAEConfig | None = None) -> ModelConfig:
+    """The network of the `net.pth` in `folder`: from the JSON files beside it, else Hallo's."""
+    raw_unet, unet_path = _read_beside(folder, "unet_config.json", {})
+    kw, kw_path = _read_beside(folder, "unet_additional_kwargs.json", RELEASED_UNET_KWARGS)
+    mods, mods_path = _read_beside(folder, "modules.json", RELEASED_MODULES)
+    unet_data = {k: v for k, v in raw_unet.items() if not k.startswith("_")}
+    try:
+        unet = from_dict(UNetConfig, unet_data, str(unet_path))
+    except ConfigError as e:
+        raise InputError(str(e)) from None
+    for key, allowed in (
+        ("use_inflated_groupnorm", True),
+        ("unet_use_cross_frame_attention", False),
+        ("unet_use_temporal_attention", False),
+        ("use_motion_module", True),
+        ("use_audio_module", True),
+        ("motion_module_resolutions", [1, 2, 4, 8]),
+        ("motion_module_decoder_only", False),
+        ("motion_module_type", "Vanilla"),
+    ):
+        value = kw.get(key)
+        _expect(kw_path, key, bool(value) if allowed is False else value, allowed)
+    mm = kw.get("motion_module_kwargs", {})
+    _expect(
+        kw_path,
+        "attention_block_types",
+        list(mm.get("attention_block_types", [])),
+        ["Temporal_Self", "Temporal_Self"],
+    )
+    _expect(kw_path, "temporal_position_encoding", mm.get("temporal_position_encoding"), True)
+    _expect(kw_path, "temporal_attention_dim_div", mm.get("temporal_attention_dim_div", 1), 1)
+    try:
+        fl, ip, ap = mods["face_locator"], mods["imageproj"], mods["audioproj"]
+        _expect(
+            mods_path,
+            "face_locator.conditioning_embedding_channels",
+            fl["conditioning_embedding_channels"],
+            unet.block_out_channels[0],
+        )
+        _expect(
+            mods_path,
+            "imageproj.cross_attention_dim",
+            ip.get("cross_attention_dim", unet.cross_attention_dim),
+            unet.cross_attention_dim,
+        )
+        _expect(mods_path, "audioproj.output_dim", ap["output_dim"], kw["audio_attention_dim"])
+        if ap["seq_len"] % 2 != 1:
+            raise InputError(f"{mods_path}: audioproj.seq_len {ap['seq_len']} is not odd")
+        temporal = TemporalConfig(
+            motion_num_attention_heads=mm["num_attention_heads"],
+            motion_max_seq_length=mm["temporal_position_encoding_max_len"],
+            motion_transformer_layers_per_block=mm["num_transformer_block"],
+            use_motion_mid_block=bool(kw["motion_module_mid_block"]),
+            norm_per_frame=True,
+        )
+        emo = EMOConfig(
+            family="hallo",
+            use_speed=False,
+            temporal=temporal,
+            n_motion_frames=MOTION_FRAMES,
+            n_frames=CLIP_FRAMES,
+            face_locator_channels=tuple(fl["block_out_channels"]),
+        )
+        hallo = HalloConfig(
+            face_embed_dim=ip["clip_embeddings_dim"],
+            face_tokens=ip["clip_extra_context_tokens"],
+            audio_attention_dim=kw["audio_attention_dim"],
+            audio_blocks=tuple(kw.get("stack_enable_blocks_name") or ()),
+            audio_depths=tuple(kw.get("stack_enable_blocks_depth") or ()),
+            face_locator_in_channels=fl.get("conditioning_channels", 3),
+        )
+        audio = AudioConfig(
+            window=(ap["seq_len"] - 1) // 2,
+            proj_tokens=ap["context_tokens"],
+            proj_hidden_dim=ap["intermediate_dim"],
+        )
+    except (KeyError, TypeError) as e:
+        raise InputError(f"{mods_path} / {kw_path}: missing or malformed entry {e}") from None
+    vae_cfg = vae or _vae_beside(folder) or VAEConfig()
+    try:
+        return ModelConfig(unet=unet, vae=vae_cfg, audio=audio, emo=emo, hallo=hallo)
+    except ConfigError as e:
+        raise InputError(f"{folder}: {e}") from None
+
+
+def audio_shape(folder: Path) -> tuple[int, int]:
+    """(layers, width) of the wav2vec2 features the audio projection takes."""
+    mods, _ = _read_beside(folder, "modules.json", RELEASED_MODULES)
+    return int(mods["audioproj"]["blocks"]), int(mods["audioproj"]["channels"])
+
+
+def _vae_beside(folder: Path) -> VAEConfig | None:
+    path = folder / "vae" / "config.json"
+    if not path.is_file():
+        return None
+    data = {k: v for k, v in read_json(path).items() if not k.startswith("_")}
+    known = {f.name for f in dataclasses.fields(VAEConfig)}
+    return from_dict(VAEConfig, {k: v for k, v in data.items() if k in known}, str(path))
+
+
+def positional_table(max_len: int, dim: int) -> np.ndarray:
+    """Hallo's `PositionalEncoding.pe` (1, max_len, dim), computed as its torch code does."""
+    import torch
+
+    position = torch.arange(max_len).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(1, max_len, dim)
+    pe[0, :, 0::2] = torch.sin(position * div_term)
+    pe[0, :, 1::2] = torch.cos(position * div_term)
+    return pe.numpy()
+
+
+def _hallo_shapes(abstract: Any) -> dict[str, tuple[int, ...]]:
+    return torch_shapes(abstract, RENAMES)
+
+
+def pe_keys(shapes: dict[str, tuple[int, ...]], max_len: int) -> dict[str, tuple[int, ...]]:
+    """{pe key: shape} of every temporal attention in a Hallo key set."""
+    out = {}
+    for key, shape in shapes.items():
+        m = re.match(r"^(.*attention_blocks\.\d+\.)to_q\.weight$", key)
+        if m and "temporal_transformer" in key:
+            out[m.group(1) + "pos_encoder.pe"] = (1, max_len, shape[1])
+    return out
+
+
+def to_flax(state: Any, abstract: Any, max_len: int, source: str) -> Any:
+    """Hallo state dict -> Flax params shaped like `abstract` (strict; pe tables checked)."""
+    expected_pe = pe_keys(_hallo_shapes(abstract), max_len)
+    bad = []
+    weights = {}
+    for key in state.keys():
+        if key in expected_pe:
+            value = np.asarray(state[key])
+            table = positional_table(*expected_pe[key][1:])
+            if value.shape != table.shape or not np.allclose(value, table, atol=1e-5):
+                bad.append(key)
+        else:
+            weights[key] = state[key]
+    missing_pe = sorted(set(expected_pe) - set(state.keys()))
+    if bad or missing_pe:
+        what = [
+            f"{len(bad)} positional table(s) not Hallo's sinusoid: {', '.join(bad[:5])}"
+        ] * bool(bad)
+        what += [f"{len(missing_pe)} missing key(s): {', '.join(missing_pe[:5])}"] * bool(
+            missing_pe
+        )
+        raise InputError(f"{source}: " + "; ".join(what))
+    params, _, _ = torch_to_flax(weights, abstract, RENAMES, source=source)
+    return params
+
+
+def export_entries(params: Any, max_len: int) -> list:
+    """Hallo's `net.pth` tensors (lazy entries, Hallo's key names) for EMO params."""
+    entries = torch_entries(params, RENAMES)
+    shapes = {e.key: e.shape for e in entries}
+    for key, shape in pe_keys(shapes, max_len).items():
+        entries.append(
+            Entry(key, shape, np.dtype(np.float32), lambda s=shape: positional_table(*s[1:]))
+        )
+    return entries
+
+
+@dataclasses.dataclass
+class HalloWeights:
+    """A Hallo checkpoint read into emo_jax: the network config and the Flax params."""
+
+    config: ModelConfig
+    params: Any
+    audio_shape: tuple[int, int]  # (layers, width) of the wav2vec2 features it takes
+
+
+def read(path: str | Path, vae: VAEConfig | None = None) -> HalloWeights:
+    """Reads Hallo's `net.pth` (sizes from the JSON files beside it, else Hallo's released)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    config = model_config(path.parent, vae)
+    shape = audio_shape(path.parent)
+    abstract = abstract_params(HalloModel(config), shape)
+    state = load_state_dict(path)
+    unknown = [k for k in state.keys() if not k.startswith(tuple(f"{p}." for p in PARTS))]
+    if unknown:
+        raise InputError(
+            f"{path}: {len(unknown)} key(s) outside Hallo's Net ({', '.join(PARTS)}): "
+            f"{', '.join(unknown[:5])}"
+        )
+    renamed = _Float32(state)
+    params = to_flax(renamed, abstract, config.emo.temporal.motion_max_seq_length, str(path))
+    return HalloWeights(config, params, shape)
+
+
+class _Float32(Mapping):
+    """A state dict whose tensors are read as float32 on access."""
+
+    def __init__(self, state: Mapping):
+        self._state = state
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return np.asarray(self._state[key], np.float32)
+
+    def __iter__(self):
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
