@@ -2,15 +2,20 @@
 fixture folder (tests/fixtures/hallo-tiny, or the `:`-separated folders in EMO_HALLO_FIXTURES)
 reproduced from its `net.pth` within 1e-4 relative, float32."""
 
+import argparse
+import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from emo_jax.audio.features import window_frames
+from emo_jax.cli import main
 from emo_jax.interop import hallo
 from emo_jax.models.hallo import HalloModel, apply_part, encode_reference
 
@@ -151,3 +156,69 @@ def test_denoiser_with_reference_bank(fx):
         io["d_motion_scale"],
     )
     close(video_out(out), io["d_noise_pred"])
+
+
+# ---------------------------------------------------------------- emo-jax convert --src-format hallo
+def copy_sizes(folder: Path, into: Path) -> None:
+    """The JSON files (and vae/) that size a fixture's net.pth, beside another net.pth."""
+    for name in ("unet_config.json", "unet_additional_kwargs.json", "modules.json"):
+        shutil.copy(folder / name, into / name)
+    shutil.copytree(folder / "vae", into / "vae")
+
+
+def convert_bad(capsys, tmp_path: Path, src: Path) -> str:
+    """Converts `src`; checks exit 2, one error line, no traceback, nothing written."""
+    dst = tmp_path / "bundle"
+    code = main(["convert", "--src", str(src), "--src-format", "hallo", "--dst", str(dst)])
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("emo-jax convert: error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert not dst.exists()
+    return lines[0]
+
+
+def test_convert_round_trip_is_bit_exact(fx, tmp_path, capsys):
+    bundle, back = tmp_path / "bundle", tmp_path / "back"
+    src = fx.folder / "net.pth"
+    assert main(["convert", "--src", str(src), "--src-format", "hallo", "--dst", str(bundle)]) == 0
+    assert main(["convert", "--src", str(bundle), "--dst-format", "hallo", "--dst", str(back)]) == 0
+    want = torch.load(src, weights_only=True)
+    got = torch.load(back / "net.pth", weights_only=True)
+    assert sorted(got) == sorted(want)
+    assert all(torch.equal(got[k], want[k]) for k in want), [
+        k for k in want if not torch.equal(got[k], want[k])
+    ][:5]
+    sized, want_sized = hallo.model_config(back), hallo.model_config(fx.folder)
+    assert dataclasses.replace(sized, vae=want_sized.vae) == want_sized
+
+
+def test_convert_refuses_bad_files(fx, tmp_path, capsys):
+    src = fx.folder / "net.pth"
+    state = torch.load(src, weights_only=True)
+    cases = {}
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "net.pth").write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    cases["truncated"] = (truncated, "not a readable PyTorch checkpoint")
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    key = "denoising_unet.mid_block.audio_modules.0.proj_in.weight"
+    torch.save({(k + "_x" if k == key else k): v for k, v in state.items()}, renamed / "net.pth")
+    cases["renamed"] = (renamed, f"1 missing key(s): {key}; 1 unexpected key(s): {key}_x")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    torch.save({**state, "optimizer.step": torch.zeros(1)}, extra / "net.pth")
+    cases["extra"] = (extra, "outside Hallo's Net")
+    unsafe = tmp_path / "unsafe"
+    unsafe.mkdir()
+    torch.save({"net": state, "args": argparse.Namespace(lr=1)}, unsafe / "net.pth")
+    cases["unsafe"] = (unsafe, "refused: the pickle holds more than tensors")
+    shapes = tmp_path / "shapes"
+    shapes.mkdir()
+    key = "audioproj.proj1.bias"
+    torch.save({**state, key: torch.zeros(3)}, shapes / "net.pth")
+    cases["shapes"] = (shapes, f"shape mismatch(es): {key} (3,)")
+    for name, (folder, message) in cases.items():
+        copy_sizes(fx.folder, folder)
+        line = convert_bad(capsys, tmp_path, folder / "net.pth")
+        assert message in line, (name, line)
