@@ -16,8 +16,11 @@ import torch
 
 from emo_jax.audio.features import window_frames
 from emo_jax.cli import main
+from emo_jax.diffusion.samplers import ddim, init_state, step
+from emo_jax.diffusion.schedule import alphas_cumprod
 from emo_jax.interop import hallo
 from emo_jax.models.hallo import HalloModel, apply_part, encode_reference
+from emo_jax.models.vae import AutoencoderKL
 
 HERE = Path(__file__).parent
 FOLDERS = [
@@ -222,3 +225,47 @@ def test_convert_refuses_bad_files(fx, tmp_path, capsys):
         copy_sizes(fx.folder, folder)
         line = convert_bad(capsys, tmp_path, folder / "net.pth")
         assert message in line, (name, line)
+
+
+# ---------------------------------------------------------------- e: 3 guided DDIM steps
+def test_guided_sampling(fx):
+    io, cfg, params = fx.io, fx.model.config, fx.model.params
+    steps = len(io["e_timesteps"])
+    sampler = ddim(hallo.DIFFUSION, steps)
+    np.testing.assert_array_equal(sampler.timesteps, io["e_timesteps"])
+    close(alphas_cumprod(hallo.DIFFUSION), io["e_alphas_cumprod"], 1e-6)
+    vae, vae_params = AutoencoderKL.from_pretrained(fx.folder / "vae")
+    scale = vae.config.scaling_factor
+    ref = nchw_to_nhwc(io["e_ref_image"][0])  # (1+M, H, W, 3) in [-1, 1]
+    mean, _ = vae.apply({"params": vae_params}, ref, method=AutoencoderKL.encode)
+    stack = mean * scale
+    close(stack, nchw_to_nhwc(io["e_ref_image_latents"]))
+    model = HalloModel(cfg)
+    region = nchw_to_nhwc(io["e_face_region"])
+    conds = model.apply(
+        {"params": params},
+        io["e_face_emb"],
+        io["e_audio_windows"],
+        region,
+        method=HalloModel.conditions,
+    )
+    close(conds["audio"][1:], io["e_audio_tensor"])
+    close(video_out(conds["residual"][1:]), io["e_face_locator_out"])
+    features = encode_reference(model, params, stack, conds["context"])
+    levels = masks(io, "e", len(cfg.unet.block_out_channels))
+    latents = video_in(io["e_initial_latents"])  # (1, F, h, w, 4)
+    state = init_state(latents)
+    s = float(io["e_guidance_scale"])
+    for i, t in enumerate(io["e_timesteps"]):
+        pair = jnp.concatenate([state.sample, state.sample])
+        out = model.apply(
+            {"params": params}, pair, t, features, conds, levels, io["e_motion_scale"]
+        )
+        close(video_out(out), io[f"e_unet_out_step{i}"])
+        guided = out[:1] + s * (out[1:] - out[:1])
+        state = step(sampler, state, guided, i)
+        close(video_out(state.sample), io[f"e_latents_step{i}"])
+    frames = state.sample[0] / scale  # (F, h, w, 4)
+    video = vae.apply({"params": vae_params}, frames, method=AutoencoderKL.decode)
+    video = jnp.clip(video / 2 + 0.5, 0, 1)  # (F, H, W, 3)
+    close(np.moveaxis(np.asarray(video), -1, 0)[None], io["e_video"])
