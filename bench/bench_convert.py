@@ -2,6 +2,7 @@
 bit-exact Orbax -> export -> Orbax round trip of the whole EMO model.
 
     python bench/bench_convert.py [--emo] [--workdir DIR]
+    python bench/bench_convert.py --quick --emo     # seconds: the tiny config, in this process
 
 Weights are random (the shapes of SD1.5 / the EMO config), written straight from their
 shapes, so the benchmark needs no download. Each conversion runs in a fresh process; its
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,9 @@ from emo_jax.weights.io import Entry, save_safetensors
 from emo_jax.weights.pretrained import abstract_params, config_json
 
 GIB = 1024**3
+REPO = Path(__file__).resolve().parents[1]
+FULL_UNET, FULL_EMO = REPO / "configs/sd15.yaml", REPO / "configs/model/emo_sd15.yaml"
+TINY = REPO / "configs/model/tiny.yaml"  # --quick: UNet and EMO
 
 
 CHILD = (
@@ -45,9 +50,16 @@ CHILD = (
 )
 
 
-def run(args: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS GiB) of one `emo-jax` run in its own process."""
+def run(args: list[str], quick: bool = False) -> tuple[float, float]:
+    """(seconds, peak RSS GiB) of one `emo-jax` run in its own process (quick: in this one,
+    peak RSS so far)."""
     t0 = time.perf_counter()
+    if quick:
+        from emo_jax.cli import main
+
+        assert main(args) == 0, args
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return time.perf_counter() - t0, peak * 1024 / GIB
     done = subprocess.run(
         [sys.executable, "-c", CHILD, *args],
         check=True,
@@ -60,9 +72,9 @@ def run(args: list[str]) -> tuple[float, float]:
     return seconds, peak * 1024 / GIB
 
 
-def random_unet_folder(folder: Path) -> float:
-    """A full-size SD1.5 UNet folder of random weights; returns its size in GiB."""
-    cfg = load_config("configs/sd15.yaml").model.unet
+def random_unet_folder(folder: Path, config: Path) -> float:
+    """A UNet folder of random weights of `config`'s UNet; returns its size in GiB."""
+    cfg = load_config(config).model.unet
     shapes = torch_shapes(abstract_params(UNET_FORMAT.build(cfg, None), UNET_FORMAT, cfg))
     rng = np.random.default_rng(0)
     entries = [
@@ -82,9 +94,9 @@ def digest(tree) -> dict:
     }
 
 
-def random_emo_bundle(folder: Path) -> tuple[float, dict]:
-    """A full-size EMO bundle of random weights; (GiB, per-tensor digests)."""
-    config = load_config("configs/model/emo_sd15.yaml")
+def random_emo_bundle(folder: Path, config_path: Path) -> tuple[float, dict]:
+    """An EMO bundle of random weights of `config_path`; (GiB, per-tensor digests)."""
+    config = load_config(config_path)
     rng = np.random.default_rng(0)
 
     def draw(
@@ -109,24 +121,34 @@ def main() -> None:
         "--emo", action="store_true", help="also the whole EMO model (about 9 GiB of weights)"
     )
     parser.add_argument("--workdir", help="scratch folder (default: a temp dir)")
+    parser.add_argument(
+        "--quick", action="store_true", help="seconds: the tiny config, in this process"
+    )
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_convert_"))
+    unet, emo, name = (TINY, TINY, "tiny") if args.quick else (FULL_UNET, FULL_EMO, "SD1.5")
     rows = []
-    size = random_unet_folder(work / "unet")
-    secs, peak = run(["convert", "--src", str(work / "unet"), "--dst", str(work / "unet_orbax")])
-    rows.append(("SD1.5 UNet diffusers -> orbax", size, secs, peak))
+    size = random_unet_folder(work / "unet", unet)
     secs, peak = run(
-        ["convert", "--src", str(work / "unet_orbax"), "--dst", str(work / "unet_back")]
+        ["convert", "--src", str(work / "unet"), "--dst", str(work / "unet_orbax")], args.quick
     )
-    rows.append(("SD1.5 UNet orbax -> diffusers", size, secs, peak))
+    rows.append((f"{name} UNet diffusers -> orbax", size, secs, peak))
+    secs, peak = run(
+        ["convert", "--src", str(work / "unet_orbax"), "--dst", str(work / "unet_back")], args.quick
+    )
+    rows.append((f"{name} UNet orbax -> diffusers", size, secs, peak))
     exact = None
     if args.emo:
-        size, before = random_emo_bundle(work / "emo")
-        jax.clear_caches()
-        secs, peak = run(["convert", "--src", str(work / "emo"), "--dst", str(work / "emo_export")])
+        size, before = random_emo_bundle(work / "emo", emo)
+        if not args.quick:  # the conversions run alone (in this process: keep its caches)
+            jax.clear_caches()
+        secs, peak = run(
+            ["convert", "--src", str(work / "emo"), "--dst", str(work / "emo_export")], args.quick
+        )
         rows.append(("EMO bundle -> exported folder", size, secs, peak))
         secs, peak = run(
-            ["convert", "--src", str(work / "emo_export"), "--dst", str(work / "emo_back")]
+            ["convert", "--src", str(work / "emo_export"), "--dst", str(work / "emo_back")],
+            args.quick,
         )
         rows.append(("exported folder -> EMO bundle", size, secs, peak))
         import orbax.checkpoint as ocp
@@ -139,7 +161,7 @@ def main() -> None:
     for name, size, secs, peak in rows:
         print(f"{name:<34}{size:>12.2f}{secs:>10.1f}{peak:>14.2f}{peak / size:>15.2f}")
     if exact is not None:
-        print(f"full-size EMO round trip bit-exact: {exact}")
+        print(f"{name} EMO round trip bit-exact: {exact}")
     print(json.dumps({"workdir": str(work)}))
 
 

@@ -4,6 +4,10 @@ and the wall time of `emo-jax evaluate` (generation vs measuring) on held-out cl
 
     python bench/bench_eval.py                                   # built-in model, 2 x 2 s clips
     python bench/bench_eval.py --checkpoint runs/bundle --clips 4 --seconds 4 --steps 20
+    python bench/bench_eval.py --quick --cache DIR  # seconds: one 0.64 s clip, 64 px
+
+--quick: clips of 1 s at 64 px, rendering timed at 64 px, 0.64 s of one clip evaluated with
+the model's steps: a check that the benchmark runs, not a measurement.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ def render_speed(sizes: list[int], seconds: float) -> None:
     print(f"{'source':>10} {'size':>5} {'s per clip-second':>18}")
     for source in ("espeak", "syllables"):
         for size in sizes:
-            render_clip(make_identity(HELDOUT_SEED_BASE), 1.0, size, 0, source)  # warm-up
+            render_clip(make_identity(HELDOUT_SEED_BASE), min(1.0, seconds), size, 0, source)
             start = time.perf_counter()
             for k in range(3):
                 render_clip(make_identity(HELDOUT_SEED_BASE + k), seconds, size, 1, source)
@@ -59,16 +63,17 @@ def evaluation(folder: Path, args: argparse.Namespace) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
         pipe = EMOPipeline.from_pretrained(args.checkpoint)
-    options = {"steps": args.steps}
+    options = {} if args.steps is None else {"steps": args.steps}
     if args.resolution:
         options["resolution"] = args.resolution
     paths = find_clips(folder)[: args.clips]
     results = evaluate(pipe, paths, args.seconds, options)
     total, generation = results["total_seconds"], results["generation_seconds"]
     video = results["clips"] * args.seconds
+    steps = args.steps or "the config's"
     print(
         f"\nevaluate: {pipe.model.source}, {results['clips']} clips x {args.seconds} s, "
-        f"{results['resolution']} px, {args.steps} steps, {os.cpu_count()} cores"
+        f"{results['resolution']} px, {steps} steps, {os.cpu_count()} cores"
     )
     print(f"{'total':>22} {total:8.1f} s")
     per_clip = [row["generation_seconds"] for row in results["per_clip"]]
@@ -94,15 +99,20 @@ def main() -> None:
     parser.add_argument(
         "--cache", default=os.path.join(tempfile.gettempdir(), "emo_jax_bench_eval")
     )
+    parser.add_argument("--quick", action="store_true", help="seconds: see above")
     args = parser.parse_args()
     from emo_jax.data.synth import make_corpus
 
-    folder = Path(args.cache) / "heldout"
+    seconds, size, workers = 6.0, 128, 2
+    if args.quick:
+        seconds, size, workers, args.sizes = 1.0, 64, 1, [64]
+        args.clips, args.seconds, args.steps = 1, 0.64, None  # 2 clips; the model's steps
+    folder = Path(args.cache) / f"heldout{size}_{seconds:g}s"
     make_corpus(
-        folder, max(args.clips, 2), 6.0, 128, split="heldout", audio_source="espeak", workers=2,
-        progress=False,
+        folder, max(args.clips, 2), seconds, size, split="heldout", audio_source="espeak",
+        workers=workers, progress=False,
     )  # fmt: skip
-    render_speed(args.sizes, 6.0)
+    render_speed(args.sizes, seconds)
     measure_speed(folder)
     evaluation(folder, args)
 

@@ -20,12 +20,16 @@ flops  FLOPs per generated frame of the full-size model at 512 px (64x64 latents
 
   python bench/bench_generate.py                  # all; step at 64x64 latents
   python bench/bench_generate.py step --latent 32 # a smaller step on a CPU
+  python bench/bench_generate.py --quick          # seconds: the built-in model, small
+
+--quick: the built-in model for every part (default and tiny: its pipeline; step and flops:
+its config, configs/default/model.yaml, at 4x4 latents), 0.32 s of audio (one clip): a check
+that the benchmark runs, not a measurement.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import threading
 import time
@@ -37,7 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-FULL = ROOT / "configs" / "model" / "emo_sd15.yaml"
+FULL = ROOT / "configs" / "model" / "emo_sd15.yaml"  # the paper's f = 12, n = 4
+TINY = ROOT / "configs" / "model" / "tiny.yaml"
+BUILT_IN = ROOT / "configs" / "default" / "model.yaml"  # the built-in model's config
+PARTS = ("default", "tiny", "step", "flops")
 
 
 def rss() -> int:
@@ -69,12 +76,11 @@ def bench_pipeline(which: str, seconds: float, steps: int | None) -> None:
     import soundfile
 
     from emo_jax.pipeline import EMOPipeline, RandomWeightsWarning
-    from emo_jax.pipeline.loading import TINY_CONFIG
 
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        pipe = EMOPipeline.from_pretrained(None, TINY_CONFIG if which == "tiny" else None)
+        pipe = EMOPipeline.from_pretrained(None, TINY if which == "tiny" else None)
     speech, rate = soundfile.read(ROOT / "emo_jax" / "assets" / "speech.wav", dtype="float32")
     image = ROOT / "emo_jax" / "assets" / "face.png"
     opts = {} if steps is None else {"steps": steps}
@@ -86,8 +92,9 @@ def bench_pipeline(which: str, seconds: float, steps: int | None) -> None:
 
     _ = pipe.model.params
     init = time.perf_counter() - t0
-    first = pipe(image, audio(1.0), out=out, return_frames=False, **opts)  # compiles
-    job = pipe.prepare(image, audio(1.0), **opts)
+    warm = min(1.0, seconds)
+    first = pipe(image, audio(warm), out=out, return_frames=False, **opts)  # compiles
+    job = pipe.prepare(image, audio(warm), **opts)
     clip_s = job.clip_frames / job.fps
     diffusion = job.config.diffusion
     passes = len(pipe.functions(job).guidance.passes)
@@ -97,7 +104,7 @@ def bench_pipeline(which: str, seconds: float, steps: int | None) -> None:
         f"passes, on {jax.devices()[0]}"
     )
     print(f"  load (or random init) params  {init:8.1f} s")
-    print(f"  first video (1 s, compiles)   {first.seconds:8.1f} s")
+    print(f"  first video ({warm:g} s, compiles) {first.seconds:8.1f} s")
     print()
     print(
         f"{'audio (s)':>10}{'wall (s)':>10}{'s / video-s':>13}{'s / clip':>10}{'peak RSS (MiB)':>16}"
@@ -114,21 +121,14 @@ def bench_pipeline(which: str, seconds: float, steps: int | None) -> None:
     print(f"  (one clip = {clip_s:.2f} s of video)")
 
 
-def full_config():
-    """The full-size config with the paper's f = 12, n = 4."""
+def step_pieces(config: Path, latent: int):
+    """(config, VideoFunctions, step function, abstract args, abstract reference and motion
+    latents) for `config` at `latent` size."""
     from emo_jax.config import load_config
-
-    cfg = load_config(FULL)
-    emo = dataclasses.replace(cfg.model.emo, n_frames=12, n_motion_frames=4)
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, emo=emo))
-
-
-def step_pieces(latent: int):
-    """(VideoFunctions, step function, abstract args) for the full config at `latent` size."""
     from emo_jax.models.emo import abstract_params, audio_feature_shape, encode_reference
     from emo_jax.pipeline.sampling import video_functions
 
-    cfg, s = full_config(), latent
+    cfg, s = load_config(config), latent
     fns = video_functions(cfg.model, cfg.diffusion)
     m = cfg.model
     f, n, c = m.emo.n_frames, m.emo.n_motion_frames, m.unet.in_channels
@@ -144,7 +144,7 @@ def step_pieces(latent: int):
         features,
         jax.ShapeDtypeStruct((1, f, s, s, c), jnp.float32),
         jax.ShapeDtypeStruct((1, f, 2 * m.audio.window + 1, layers, dim), jnp.float32),
-        jax.ShapeDtypeStruct((1, 8 * s, 8 * s), jnp.float32),
+        jax.ShapeDtypeStruct((1, fns.factor * s, fns.factor * s), jnp.float32),
         jax.ShapeDtypeStruct((1, f), jnp.float32),
     )
 
@@ -154,8 +154,8 @@ def step_pieces(latent: int):
     return cfg, fns, step, args, (ref, motion)
 
 
-def bench_step(latent: int, repeats: int) -> None:
-    cfg, fns, step, args, _ = step_pieces(latent)
+def bench_step(config: Path, latent: int, repeats: int) -> None:
+    cfg, fns, step, args, _ = step_pieces(config, latent)
     zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), args)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(args[0]))
     t0 = time.perf_counter()
@@ -168,12 +168,14 @@ def bench_step(latent: int, repeats: int) -> None:
             jax.block_until_ready(compiled(*zeros))
             times.append(time.perf_counter() - t0)
     passes = len(fns.guidance.passes)
-    f = cfg.model.emo.n_frames
+    f, n = cfg.model.emo.n_frames, cfg.model.emo.n_motion_frames
     print(
-        f"full-size denoising step ({n_params / 1e9:.2f} B EMO params, {cfg.model.dtype}) on {jax.devices()[0]}"
+        f"{config.stem} denoising step ({n_params / 1e9:.2f} B EMO params, {cfg.model.dtype}) "
+        f"on {jax.devices()[0]}"
     )
     print(
-        f"  latents {latent}x{latent} ({8 * latent} px), f = {f}, n = 4, guidance passes {passes} (UNet batch {passes * f})"
+        f"  latents {latent}x{latent} ({fns.factor * latent} px), f = {f}, n = {n}, "
+        f"guidance passes {passes} (UNet batch {passes * f})"
     )
     print(f"  compile        {compile_s:8.1f} s")
     print(f"  step           {min(times):8.1f} s  (best of {repeats})")
@@ -185,10 +187,10 @@ def bench_step(latent: int, repeats: int) -> None:
     print(f"  peak RSS       {mem.peak / 2**30:8.1f} GiB")
 
 
-def bench_flops(latent: int, steps: int | None) -> None:
+def bench_flops(config: Path, latent: int, steps: int | None) -> None:
     from emo_jax.pipeline.loading import abstract_params as all_params
 
-    cfg, fns, step, args, (ref, motion) = step_pieces(latent)
+    cfg, fns, step, args, (ref, motion) = step_pieces(config, latent)
     steps = steps or cfg.diffusion.num_inference_steps
     f, n = cfg.model.emo.n_frames, cfg.model.emo.n_motion_frames
     vae_params = all_params(cfg)["vae"]
@@ -200,16 +202,19 @@ def bench_flops(latent: int, steps: int | None) -> None:
 
     step_flops = flops(step, *args)
     motion_flops = flops(fns.motion, args[0], ref, motion)
-    encode_flops = flops(fns._encode, vae_params, frame)
+    c = cfg.model.unet.in_channels
+    encode_flops = flops(fns.encode, vae_params, frame)
     decode_flops = flops(
-        fns._decode, vae_params, jax.ShapeDtypeStruct((1, latent, latent, 4), jnp.float32)
+        fns.decode, vae_params, jax.ShapeDtypeStruct((1, latent, latent, c), jnp.float32)
     )
     rows = {
         f"denoising ({steps} steps x {len(fns.guidance.passes)} passes)": step_flops * steps / f,
         "ReferenceNet on motion frames": motion_flops / f,
         "VAE encode (motion) + decode": encode_flops * n / f + decode_flops,
     }
-    print(f"FLOPs per generated frame, full size, {px} px, f = {f}, n = {n} (XLA cost analysis)")
+    print(
+        f"FLOPs per generated frame, {config.stem}, {px} px, f = {f}, n = {n} (XLA cost analysis)"
+    )
     for name, value in rows.items():
         print(f"  {name:<40}{value / 1e12:10.2f} TFLOP")
     print(f"  {'total':<40}{sum(rows.values()) / 1e12:10.2f} TFLOP")
@@ -222,26 +227,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "parts",
-        nargs="*",
-        default=["default", "tiny", "step", "flops"],
-        choices=["default", "tiny", "step", "flops"],
-    )
+    parser.add_argument("parts", nargs="*", help=f"any of {', '.join(PARTS)} (default: all)")
     parser.add_argument(
         "--seconds", type=float, default=4.0, help="default, tiny: the short audio (long: 4x)"
     )
-    parser.add_argument("--steps", type=int, help="denoising steps (default: the config's, 40)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the config's)")
     parser.add_argument("--latent", type=int, default=64, help="step: latent side (64 = 512 px)")
     parser.add_argument("--repeats", type=int, default=1, help="step: timed runs")
+    parser.add_argument("--quick", action="store_true", help="seconds, tiny config (see above)")
     args = parser.parse_args()
-    for part in args.parts:
+    config, latent, seconds, steps = FULL, args.latent, args.seconds, args.steps
+    if args.quick:
+        config, latent, seconds = BUILT_IN, 4, 0.32
+    parts = args.parts or PARTS
+    if set(parts) - set(PARTS):
+        parser.error(f"unknown parts {sorted(set(parts) - set(PARTS))}: choose from {PARTS}")
+    for part in dict.fromkeys("default" if args.quick and p == "tiny" else p for p in parts):
         if part in ("default", "tiny"):
-            bench_pipeline(part, args.seconds, args.steps)
+            bench_pipeline(part, seconds, steps)
         elif part == "step":
-            bench_step(args.latent, args.repeats)
+            bench_step(config, latent, args.repeats)
         else:
-            bench_flops(64, args.steps)
+            bench_flops(config, 64 if config == FULL else latent, steps)
         print()
 
 

@@ -20,7 +20,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "configs" / "default" / "recipe.y
 
 
 def main() -> None:
-    from emo_jax.commands.recipe import config_of, load_recipe, read_state
+    from emo_jax.commands.recipe import config_of, load_recipe, read_state, stage_of
     from emo_jax.config import load_config
     from emo_jax.train.metrics import step_seconds
 
@@ -39,7 +39,7 @@ def main() -> None:
         total += 0 if np.isnan(seconds) else seconds
         extra = ""
         if argv[0] == "train":
-            cfg = load_config(config_of(argv))
+            cfg = load_config(config_of(argv), stage_of(argv))
             run = Path(cfg.train.out_dir)
             evals = run / "eval.jsonl"
             last = json.loads(evals.read_text().splitlines()[-1])["loss"] if evals.is_file() else 0

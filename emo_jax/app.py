@@ -21,10 +21,10 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio (and its clie
 import gradio as gr  # noqa: E402
 
 from emo_jax.commands.generate import ASSETS, EXAMPLE_AUDIO, EXAMPLE_IMAGE  # noqa: E402
+from emo_jax.config import SAMPLERS  # noqa: E402
 from emo_jax.errors import InputError  # noqa: E402
 from emo_jax.pipeline import EMOPipeline, Options  # noqa: E402
 
-SAMPLERS = ("ddim", "dpmpp_2m")
 SPEED_MAX = 1.5  # degrees per frame: above it the paper's motion gets jittery
 API_NAME = "generate"
 IMAGE_FILE = dict(type="filepath", image_mode=None, format="png")  # uploads as they are
@@ -132,6 +132,8 @@ def make_generate(pipe: EMOPipeline, out_dir: Path) -> Callable[..., tuple[str, 
             f"{job.num_clips} clips, {result.reference.image.shape[0]} px, "
             f"made in {result.seconds:.1f} s."
         )
+        if job.reference.notice:  # e.g. several faces: the largest was used
+            summary += " " + _friendly(job.reference.notice, uploads)
         return str(result.path), summary
 
     return generate

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,6 +86,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Builds dataclass `cls` from a mapping; unknown keys are errors that name the key."""
+    moved = {}
+    if cls is Config and isinstance(data.get("data"), dict):
+        keep = {k: v for k, v in data["data"].items() if k not in MOVED_DATA_KEYS}
+        moved = {k: v for k, v in data["data"].items() if k in MOVED_DATA_KEYS}
+        data = {**data, "data": keep}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
@@ -93,7 +99,28 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
             f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})"
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    if moved:
+        _accept_moved(obj, moved, where)
+    return obj
+
+
+def _accept_moved(cfg: Config, moved: dict, where: str) -> None:
+    """Old data.* keys that the model now states: the model's value, or an error."""
+    for key, value in moved.items():
+        section, name = MOVED_DATA_KEYS[key]
+        held = getattr(getattr(cfg.model, section), name)
+        if value != held:
+            raise ConfigError(
+                f"{where}: data.{key} {value} differs from model.{section}.{name} {held} (the "
+                f"data follow the model now: remove data.{key})"
+            )
+    warnings.warn(
+        f"{where}: data.{', data.'.join(moved)} ignored: the data follow model.audio and "
+        "model.emo now (remove them)",
+        FutureWarning,
+        stacklevel=3,
+    )
 
 
 def to_dict(obj: Any) -> Any:
@@ -141,6 +168,53 @@ def load_yaml(path: str | Path) -> dict:
     for b in [bases] if isinstance(bases, str) else bases:
         merged = _deep_merge(merged, load_yaml(path.parent / b))
     return _deep_merge(merged, data)
+
+
+def stage_name(stage: int) -> str:
+    """A stage's run folder name: "autoencoder" (stage 0) or "stageN"."""
+    return "autoencoder" if stage == 0 else f"stage{stage}"
+
+
+def select_stage(data: dict, stage: Any, where: str) -> dict:
+    """One stage of a stage file's settings (others pass through as they are).
+
+    A stage file holds `stages: {N: settings}` beside settings that every stage shares, and
+    `runs: FOLDER`, the family's run folders. Stage N's settings are, from the lowest: its run
+    paths (train.out_dir FOLDER/stageN, or FOLDER/autoencoder for stage 0; train.init_from the
+    previous stage's folder from stage 2 on; train.vae_path FOLDER/autoencoder/vae where the
+    file has a stage 0), the shared settings, `stages[N]`, and train.stage N.
+    """
+    data = dict(data)
+    stages, runs = data.pop("stages", None), data.pop("runs", None)
+    if stages is None:
+        if runs is not None:
+            raise ConfigError(f"{where}: runs: belongs to a stage file (one with stages:)")
+        return data
+    if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
+        raise ConfigError(f"{where}: stages: expected a mapping of stage number -> settings")
+    known = ", ".join(str(k) for k in sorted(stages))
+    if stage is None:
+        raise ConfigError(f"{where}: a stage file (stages {known}): pick one with --stage N")
+    if stage not in stages:
+        raise ConfigError(f"{where}: no stage {stage!r} (stages {known})")
+    paths: dict[str, str] = {}
+    if runs is not None:
+        paths["out_dir"] = f"{runs}/{stage_name(stage)}"
+        if stage >= 2:
+            paths["init_from"] = f"{runs}/{stage_name(stage - 1)}"
+        if stage >= 1 and 0 in stages:
+            paths["vae_path"] = f"{runs}/{stage_name(0)}/vae"
+    merged = _deep_merge(_deep_merge({"train": paths}, data), stages[stage])
+    return _deep_merge(merged, {"train": {"stage": stage}})
+
+
+def resolve(path: str | Path | None, overrides: list[str] | None = None) -> dict:
+    """The settings of a config file (or the defaults if `path` is None) with dotted
+    overrides: its `base:` files included, and of a stage file the stage `train.stage` names."""
+    overrides = overrides or []
+    data = load_yaml(path) if path else {}
+    stage = apply_overrides(data, overrides).get("train", {}).get("stage")
+    return apply_overrides(select_stage(data, stage, str(path)), overrides)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -256,6 +330,12 @@ class VAEConfig:
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
+
+    @property
+    def factor(self) -> int:
+        """Pixels per latent along each axis: one stride-2 step per block after the first (8
+        for the SD VAE)."""
+        return 2 ** (len(self.block_out_channels) - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,6 +497,9 @@ class EMOConfig:
 FAMILIES = ("emo", "hallo")
 
 
+ATTENTION = ("auto", "xla", "cudnn", "splash", "chunked")  # model.attention's choices
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The networks: SD1.5 UNet (backbone and ReferenceNet) and VAE."""
@@ -427,14 +510,20 @@ class ModelConfig:
     emo: EMOConfig = EMOConfig()
     hallo: HalloConfig = HalloConfig()
     dtype: str = "float32"  # compute dtype; params stay float32
+    attention: str = "auto"  # one of ATTENTION (emo_jax.nn.attention says what each is)
 
     def __post_init__(self):
+        if self.attention not in ATTENTION:
+            raise ConfigError(f"model.attention: {self.attention!r} is not one of {ATTENTION}")
         locator, vae = len(self.emo.face_locator_channels), len(self.vae.block_out_channels)
         if self.emo.use_face_locator and locator != vae:
             raise ConfigError(
                 f"model.emo.face_locator_channels has {locator} entries ({locator - 1} stride-2 "
                 f"steps), model.vae.block_out_channels {vae}: they must downsample alike"
             )
+
+
+SAMPLERS = ("ddim", "dpmpp_2m")  # DDIM; DPM-Solver++ 2M (emo_jax.diffusion.samplers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,7 +545,7 @@ class DiffusionConfig:
     use_karras_sigmas: bool = False  # DPM-Solver++: Karras et al. sigma spacing
     final_sigmas_type: str = "zero"  # DPM-Solver++: last sigma "zero" or "sigma_min"
     snr_gamma: float | None = None  # training: min-SNR-gamma loss weighting (None: plain MSE)
-    sampler: str = "ddim"  # or "dpmpp_2m" (DPM-Solver++ 2M)
+    sampler: str = "ddim"  # one of SAMPLERS
     num_inference_steps: int = 40  # the paper: DDIM, 40 steps
     eta: float = 0.0  # DDIM noise (0: deterministic)
     guidance_scale: float = 3.5  # CFG scale (Hallo); the reference scale if audio's is set
@@ -468,7 +557,7 @@ class DiffusionConfig:
             "prediction_type": ("epsilon", "v_prediction", "sample"),
             "timestep_spacing": ("leading", "trailing", "linspace"),
             "final_sigmas_type": ("zero", "sigma_min"),
-            "sampler": ("ddim", "dpmpp_2m"),
+            "sampler": SAMPLERS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -484,11 +573,7 @@ class DataConfig:
     shards: str = "data/processed"  # folder written by `emo-jax preprocess` (manifest.json)
     mode: str = "video"  # "video": n motion + f target frames (stages 2-3); "image": stage 1
     resolution: int = 512  # square frames; shards stored at another size are resized
-    fps: int = 25
-    sample_rate: int = 16000  # audio samples per frame = sample_rate / fps (640)
-    n_motion_frames: int = 4  # n (paper)
-    n_frames: int = 12  # f (paper)
-    audio_context: int = 2  # m: audio frames of context before and after the clip (paper)
+    # frame rate, sample rate, clip lengths, audio context: the model's (`clip_spec`)
     clip_stride: int = 1  # frames between the starts of consecutive candidate clips
     batch_size: int = 4  # global; each JAX process loads batch_size / process_count
     shuffle: bool = True
@@ -498,8 +583,8 @@ class DataConfig:
     worker_count: int = 0  # Grain worker processes (0: load in the main process)
     worker_buffer_size: int = 2
     # preprocessing (emo-jax preprocess)
-    detector: str = "haar"  # emo_jax.data.faces.DETECTORS
-    pose: str = "flow"  # emo_jax.data.pose.POSE_ESTIMATORS
+    detector: str = "auto"  # face back end: auto | dlib | haar (emo_jax.faces.detect)
+    pose: str = "flow"  # head speed: flow (in the face track) | landmarks (emo_jax.faces.pose)
     crop_scale: float = 2.0  # crop side / median face box side
     jpeg_quality: int = 95
     min_face_fraction: float = 0.5  # skip a video whose face is found in fewer frames
@@ -510,10 +595,48 @@ class DataConfig:
             raise ConfigError(f"data.mode: {self.mode!r} is not one of video, image")
         if not 0.0 <= self.hue_augment <= 1.0:
             raise ConfigError(f"data.hue_augment: {self.hue_augment} is not in [0, 1]")
-        if self.sample_rate % self.fps:
-            raise ConfigError(
-                f"data.sample_rate {self.sample_rate} is not a multiple of fps {self.fps}"
-            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+    """The timing and length of a training clip: the model's facts, as the data read them."""
+
+    fps: int  # model.audio.fps, whole
+    sample_rate: int  # model.audio.sample_rate
+    n_frames: int  # f: model.emo.n_frames
+    n_motion_frames: int  # n: model.emo.n_motion_frames
+    audio_context: int  # m: frames of audio before and after the clip, model.audio.window
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.sample_rate // self.fps
+
+
+# data.<key> of configs before the data followed the model -> where the fact lives now
+MOVED_DATA_KEYS = {
+    "fps": ("audio", "fps"),
+    "sample_rate": ("audio", "sample_rate"),
+    "n_frames": ("emo", "n_frames"),
+    "n_motion_frames": ("emo", "n_motion_frames"),
+    "audio_context": ("audio", "window"),
+}
+
+
+def clip_spec(model: ModelConfig) -> ClipSpec:
+    """What training clips are for `model` (the one place the data take these facts from)."""
+    audio, emo = model.audio, model.emo
+    if audio.fps != round(audio.fps) or audio.sample_rate % round(audio.fps):
+        raise ConfigError(
+            f"model.audio.fps {audio.fps:g}: training data need a whole frame rate that divides "
+            f"model.audio.sample_rate {audio.sample_rate}"
+        )
+    return ClipSpec(
+        fps=round(audio.fps),
+        sample_rate=audio.sample_rate,
+        n_frames=emo.n_frames,
+        n_motion_frames=emo.n_motion_frames,
+        audio_context=audio.window,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -598,7 +721,6 @@ class Config:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Loads a YAML config (or the defaults if `path` is None) with dotted overrides."""
-    data = load_yaml(path) if path else {}
-    data = apply_overrides(data, overrides or [])
-    return from_dict(Config, data, str(path) if path else "config")
+    """Loads a YAML config (or the defaults if `path` is None) with dotted overrides; of a
+    stage file, the stage `train.stage` names (`select_stage`)."""
+    return from_dict(Config, resolve(path, overrides), str(path) if path else "config")

@@ -35,19 +35,13 @@ def test_audio_features_folder_mode_and_errors(tmp_path, capsys):
     assert "bad.wav: not an audio file" in err and "1 of 2 files failed" in err
 
 
-def test_audio_features_missing_file_exits_2(tmp_path, capsys):
-    out = tmp_path / "x.npy"
-    assert (
-        main(
-            [
-                "audio-features",
-                "--out",
-                str(out),
-                str(tmp_path / "nope.wav"),
-                "model.audio.encoder=mel",
-            ]
-        )
-        == 2
-    )
-    assert "nope.wav: audio file not found" in capsys.readouterr().err
-    assert not out.exists() and not list(tmp_path.iterdir())
+def test_readme_form_uses_the_built_in_models_encoder_and_overrides_go_anywhere(tmp_path):
+    """`emo-jax audio-features AUDIO --out F.npy` (no config: the built-in model's audio
+    settings, mel, nothing to download); a dotted override after --out still applies."""
+    t = np.arange(16000) / 16000
+    sf.write(tmp_path / "a.wav", (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 16000)
+    assert main(["audio-features", str(tmp_path / "a.wav"), "--out", str(tmp_path / "a.npy")]) == 0
+    assert np.load(tmp_path / "a.npy").shape == (25, 5, 4, 80)  # 1 s: 25 frames, m = 2
+    argv = ["audio-features", str(tmp_path / "a.wav"), "--out", str(tmp_path / "b.npy")]
+    assert main([*argv, "model.audio.window=1"]) == 0
+    assert np.load(tmp_path / "b.npy").shape == (25, 3, 4, 80)

@@ -10,11 +10,11 @@ import soundfile as sf
 
 from emo_jax.config import Config, ConfigError, DataConfig, TrainConfig, load_config
 from emo_jax.data import records, synth
-from emo_jax.data.faces import box_iou
 from emo_jax.data.pipeline import YIQ, make_loader, rotate_hue
 from emo_jax.data.preprocess import preprocess
 from emo_jax.data.video import VideoWriter
 from emo_jax.errors import InputError
+from emo_jax.faces.track import box_iou
 from emo_jax.train.data import eval_data
 
 RES = 64
@@ -47,7 +47,7 @@ def corpus(tmp_path_factory):
     with VideoWriter(videos / "noface.mp4", audio=np.zeros(32000, np.float32)) as w:
         w.write(noise)
     out = root / "processed"
-    cfg = DataConfig(shards=str(out), resolution=RES)
+    cfg = Config(data=DataConfig(shards=str(out), resolution=RES))
     manifest = preprocess(videos, out, cfg, workers=2, progress=False)
     return videos, out, manifest
 
@@ -63,7 +63,7 @@ def test_manifest_counts_and_reasons(corpus):
         "frames": 3 * 100 + manifest["videos"][0]["n_frames"],
     }
     reasons = {item["file"].split("/")[-1]: item["reason"] for item in manifest["skipped"]}
-    assert "not a readable video" in reasons["notes.mp4"]
+    assert "not readable as a video" in reasons["notes.mp4"]
     assert "no audio track" in reasons["silent.mp4"]
     assert "no face" in reasons["noface.mp4"]
     (trimmed,) = manifest["trimmed"]
@@ -98,18 +98,25 @@ def test_rerun_is_idempotent(corpus):
     videos, out, manifest = corpus
     shard = out / manifest["videos"][1]["shard"]
     stamp = shard.stat().st_mtime_ns
-    again = preprocess(videos, out, DataConfig(resolution=RES), workers=1, progress=False)
+    again = preprocess(
+        videos, out, Config(data=DataConfig(resolution=RES)), workers=1, progress=False
+    )
     assert again == manifest and shard.stat().st_mtime_ns == stamp
     # a changed setting re-processes; a new file is picked up alone
     shutil.copy(videos / "id0000_clip00.mp4", videos / "sub" / "copy.mp4")
-    third = preprocess(videos, out, DataConfig(resolution=RES), workers=1, progress=False)
+    third = preprocess(
+        videos, out, Config(data=DataConfig(resolution=RES)), workers=1, progress=False
+    )
     assert third["counts"]["videos_ok"] == 5 and shard.stat().st_mtime_ns == stamp
     (videos / "sub" / "copy.mp4").unlink()
-    assert preprocess(videos, out, DataConfig(resolution=RES), progress=False) == manifest
+    assert (
+        preprocess(videos, out, Config(data=DataConfig(resolution=RES)), progress=False) == manifest
+    )
 
 
 def _cfg(out, **kw):
-    return DataConfig(**{"shards": str(out), "resolution": RES, "batch_size": 2, **kw})
+    """A config reading `out`; its clips are the default model's (12 + 4 frames, m = 2)."""
+    return Config(data=DataConfig(**{"shards": str(out), "resolution": RES, "batch_size": 2, **kw}))
 
 
 def _take(loader, n):
@@ -195,7 +202,7 @@ def test_hue_augment_turns_a_whole_example_alike(corpus):
 
 def test_eval_data_is_the_named_corpus_unaugmented(corpus):
     data = _cfg(corpus[0] / "elsewhere", seed=2, hue_augment=1.0)
-    cfg = Config(data=data, train=TrainConfig(eval_shards=str(corpus[1])))
+    cfg = Config(data=data.data, train=TrainConfig(eval_shards=str(corpus[1])))
     (evaluation,) = _take(make_loader(eval_data(cfg), 0, 1), 1)
     (plain,) = _take(make_loader(_cfg(corpus[1], seed=3), 0, 1), 1)
     assert all(np.array_equal(evaluation[k], plain[k]) for k in plain)
@@ -204,7 +211,7 @@ def test_eval_data_is_the_named_corpus_unaugmented(corpus):
 def test_bad_hue_augment_and_missing_eval_corpus(corpus):
     with pytest.raises(ConfigError, match=r"data.hue_augment: 1.5 is not in \[0, 1\]"):
         load_config(None, ["data.hue_augment=1.5"])
-    cfg = Config(data=_cfg(corpus[1]), train=TrainConfig(eval_shards=str(corpus[0] / "none")))
+    cfg = Config(data=_cfg(corpus[1]).data, train=TrainConfig(eval_shards=str(corpus[0] / "none")))
     with pytest.raises(InputError, match="none/manifest.json: no manifest"):
         make_loader(eval_data(cfg), 0, 1)
 
@@ -233,9 +240,7 @@ def test_restored_state_gives_the_next_batch(corpus):
 
 
 def test_processes_get_disjoint_halves(corpus):
-    cfg = DataConfig(
-        shards=str(corpus[1]), resolution=RES, batch_size=4, shuffle=False, num_epochs=1
-    )
+    cfg = _cfg(corpus[1], batch_size=4, shuffle=False, num_epochs=1)
     firsts = []
     for index in (0, 1):
         batches = list(iter(make_loader(cfg, index, 2)))

@@ -7,8 +7,9 @@ import pytest
 import soundfile as sf
 
 from emo_jax.audio.io import load_audio
-from emo_jax.data import faces, pose, synth, video
+from emo_jax.data import synth, video
 from emo_jax.errors import InputError
+from emo_jax.faces import detect, pose, track
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_rotation_angles_round_trip():
 
 
 def test_haar_finds_the_synthetic_faces(clip):
-    detector = faces.make_detector("haar")
+    detector = detect.make_detector("haar")
     found = [detector(f) for f in clip.frames[::4]]
     assert sum(b is not None for b in found) >= 0.9 * len(found)
     centres = np.array([(b[:2] + b[2:]) / 2 for b in found if b is not None])
@@ -66,14 +67,14 @@ def test_haar_finds_the_synthetic_faces(clip):
 
 def test_track_and_crop():
     boxes = [np.array([10.0, 10, 30, 30]), None, np.array([14.0, 10, 34, 30])]
-    track = faces.fill_track(boxes, smooth=0)
-    assert np.allclose(track[1], [12, 10, 32, 30])
-    x0, y0, side = faces.stable_crop(track, 64, 48, scale=2.0)
+    filled = track.fill_track(boxes, smooth=0)
+    assert np.allclose(filled[1], [12, 10, 32, 30])
+    x0, y0, side = track.stable_crop(filled, 64, 48, scale=2.0)
     assert side == 40 and 0 <= x0 <= 64 - side and 0 <= y0 <= 48 - side
     assert x0 <= 10 and x0 + side >= 34 and y0 <= 10 and y0 + side >= 30
-    assert faces.box_iou(np.array([0, 0, 2, 2.0]), np.array([1, 0, 3, 2.0])) == pytest.approx(1 / 3)
+    assert track.box_iou(np.array([0, 0, 2, 2.0]), np.array([1, 0, 3, 2.0])) == pytest.approx(1 / 3)
     with pytest.raises(ValueError):
-        faces.fill_track([None, None])
+        track.fill_track([None, None])
 
 
 def test_writer_reader_round_trip(tmp_path):

@@ -11,9 +11,9 @@ import pytest
 from emo_jax.cli import main
 from emo_jax.data.examples import SAMPLE_RATE
 from emo_jax.data.examples import speech as example_speech
-from emo_jax.data.faces import HaarDetector
 from emo_jax.eval.evaluate import read_video
 from emo_jax.eval.metrics import pearson
+from emo_jax.faces.detect import HaarBackend
 from emo_jax.pipeline import RandomWeightsWarning
 from emo_jax.pipeline.loading import DEFAULT_MODEL, resolve_checkpoint
 
@@ -68,7 +68,7 @@ def test_mouth_follows_the_speech(demo):
     _, out = demo
     frames, _, _ = read_mp4(out)
     truth = example_speech().opening
-    fallback = HaarDetector()(frames[0])  # cascade convention, as read_video wants
+    fallback = HaarBackend()(frames[0])  # cascade convention, as read_video wants
     opening = read_video(frames, fallback).opening
     r = pearson(opening, truth[: len(opening)])
     assert r >= LIP_SYNC_MIN, f"mouth vs phoneme openings: Pearson {r:.3f}"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emo_jax.data import synth
-from emo_jax.eval import metrics
+from emo_jax.eval import evaluate, metrics
 from emo_jax.eval.mouth import to_haar
 
 CENTERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6)
@@ -21,10 +21,17 @@ def test_correlations():
     x = np.arange(10.0)
     assert metrics.pearson(x, 2 * x + 1) == pytest.approx(1.0)
     assert metrics.pearson(x, -x) == pytest.approx(-1.0)
-    assert metrics.pearson(np.ones(10), x) == 0.0  # a frozen mouth follows nothing
+    assert math.isnan(metrics.pearson(np.ones(10), x))  # constant: undefined
+    assert math.isnan(metrics.pearson(x, np.full(10, 3.0)))
     assert metrics.spearman(x, x**3) == pytest.approx(1.0)
     assert metrics.spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)  # ties
     assert math.isnan(metrics.spearman([1.0], [2.0]))
+
+
+def test_mean_over_clips_of_an_undefined_correlation():
+    nan = math.nan
+    assert math.isnan(evaluate._correlation_mean([nan, nan]))  # the reference repeated
+    assert evaluate._correlation_mean([0.6, nan]) == pytest.approx(0.3)  # frozen clip: 0
 
 
 def test_speed_buckets():
@@ -34,7 +41,7 @@ def test_speed_buckets():
     assert result["spearman"] == pytest.approx(1.0)
     assert metrics.speed_buckets(requested, -requested, CENTERS)["spearman"] == pytest.approx(-1)
     still = metrics.speed_buckets(requested, 1e-6 * requested, CENTERS)  # not motion
-    assert still["spearman"] == 0.0
+    assert math.isnan(still["spearman"])  # constant: undefined
     few = metrics.speed_buckets(np.array([0.0] * 20 + [1.0] * 5), np.zeros(25), CENTERS)
     assert len(few["buckets"]) == 1 and math.isnan(few["spearman"])
 

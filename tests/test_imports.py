@@ -13,7 +13,7 @@ ROOT = Path(emo_jax.__file__).parent
 # Bottom first. A package (or top-level module) imports only those in its own layer or below;
 # several names in one layer may import each other (the front ends).
 LAYERS = (
-    ("errors",),
+    ("errors", "interrupt"),
     ("files",),
     ("config",),
     ("nn",),
@@ -22,6 +22,7 @@ LAYERS = (
     ("audio",),
     ("diffusion",),
     ("parallel",),
+    ("faces",),
     ("data",),
     ("checkpoint",),
     ("interop",),

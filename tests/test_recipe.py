@@ -16,7 +16,9 @@ from emo_jax.models.vae import AutoencoderKL
 from emo_jax.train.autoencoder import images_of, latent_std, train_autoencoder
 from emo_jax.train.data import fixed_batches
 
+DEFAULT = "configs/default/train.yaml"
 AE_OVERRIDES = [
+    "train.stage=0",
     "model.vae.block_out_channels=[8,8,8,8]",
     "model.vae.mid_block_add_attention=false",
     "data.resolution=32",
@@ -31,7 +33,7 @@ AE_OVERRIDES = [
 
 def ae_config(corpus, out, steps):
     return load_config(
-        "configs/default/autoencoder.yaml",
+        DEFAULT,
         AE_OVERRIDES + [f"data.shards={corpus}", f"train.out_dir={out}", f"train.steps={steps}"],
     )
 
@@ -92,7 +94,7 @@ def test_decoder_fine_tune_keeps_the_latent_space(ae_runs, corpus, tmp_path):
         "train.face_weight=4.0",
     ]
     cfg = load_config(
-        "configs/default/autoencoder.yaml",
+        DEFAULT,
         AE_OVERRIDES
         + [f"data.shards={corpus}", f"train.out_dir={tmp_path / 'decoder'}", "train.steps=20"]
         + extra,
@@ -123,7 +125,7 @@ def test_decoder_fine_tune_keeps_the_latent_space(ae_runs, corpus, tmp_path):
 )
 def test_autoencoder_stage_config_errors(tmp_path, capsys, extra, message):
     code = main(
-        ["train", "--config", "configs/default/autoencoder.yaml"]
+        ["train", "--config", DEFAULT, "--stage", "0"]
         + [f"train.out_dir={tmp_path / 'run'}"]
         + extra
     )
@@ -134,7 +136,7 @@ def test_autoencoder_stage_config_errors(tmp_path, capsys, extra, message):
 def test_decoder_fine_tune_refuses_another_architecture(ae_runs, tmp_path, capsys):
     vae = ae_runs[0] / "straight" / "vae"  # 8-channel blocks; the default config's differ
     code = main(
-        ["train", "--config", "configs/default/autoencoder.yaml", f"train.init_from={vae}"]
+        ["train", "--config", DEFAULT, "--stage", "0", f"train.init_from={vae}"]
         + ["train.vae_trainable=[decoder]", f"train.out_dir={tmp_path / 'run'}"]
     )
     err = capsys.readouterr().err
@@ -144,7 +146,7 @@ def test_decoder_fine_tune_refuses_another_architecture(ae_runs, tmp_path, capsy
 
 def test_autoencoder_stage_refuses_video_data(tmp_path, capsys):
     code = main(
-        ["train", "--config", "configs/default/autoencoder.yaml", "data.mode=video"]
+        ["train", "--config", DEFAULT, "--stage", "0", "data.mode=video"]
         + [f"train.out_dir={tmp_path / 'run'}"]
     )
     err = capsys.readouterr().err
@@ -224,20 +226,24 @@ def test_recipes_list_every_stage_on_their_own_data(recipe):
     from emo_jax.commands.recipe import load_recipe
 
     state, steps = load_recipe(recipe)
-    configs = [argv[argv.index("--config") + 1] for argv in steps.values() if argv[0] == "train"]
-    ae, s1, s2, s3 = (load_config(c).train for c in configs)
+    configs = [
+        (argv[argv.index("--config") + 1], [f"train.stage={argv[argv.index('--stage') + 1]}"])
+        for argv in steps.values()
+        if argv[0] == "train"
+    ]
+    ae, s1, s2, s3 = (load_config(*c).train for c in configs)
     assert [t.stage for t in (ae, s1, s2, s3)] == [0, 1, 2, 3]
     assert s1.vae_path == s2.vae_path == s3.vae_path == ae.out_dir + "/vae"
     assert ae.face_weight > 0  # eyes and mouth weighed up in the autoencoder's L1
     assert (s2.init_from, s3.init_from) == (s1.out_dir, s2.out_dir)
     shards = steps["preprocess"][steps["preprocess"].index("--out") + 1]
-    assert all(load_config(c).data.shards == shards for c in configs)
+    assert all(load_config(*c).data.shards == shards for c in configs)
     if "heldout_processed" in steps:  # stages 1 and 2 report their loss on the held-out people
         argv = steps["heldout_processed"]
         assert argv[argv.index("--videos") + 1] in steps["evaluate"]
         assert s1.eval_shards == s2.eval_shards == argv[argv.index("--out") + 1]
-    assert load_config(configs[1]).data.resolution >= 96
-    model = load_config(configs[1]).model
+    assert load_config(*configs[1]).data.resolution >= 96
+    model = load_config(*configs[1]).model
     assert model.unet.sample_size * 2 ** (len(model.vae.block_out_channels) - 1) == 96
     assert model.unet.in_channels == model.vae.latent_channels
 
@@ -257,4 +263,4 @@ def test_reference_from_backbone_copies_every_shared_param():
     assert all(np.array_equal(ref[k], backbone[k]) for k in ref)
     assert not all(np.array_equal(before[k], backbone[k]) for k in ref)  # fresh: independent
     assert tied["denoising_unet"] is fresh["denoising_unet"]
-    assert load_config("configs/default/stage1.yaml").train.reference_from_backbone
+    assert load_config(DEFAULT, ["train.stage=1"]).train.reference_from_backbone

@@ -28,6 +28,7 @@ from emo_jax.train.stages import load_matching, merge, split, validate
 from emo_jax.train.step import _micro_batches, init_state
 from emo_jax.train.weights import initial_params, load_vae, previous_stage_params
 
+TINY = "configs/train/tiny.yaml"
 STAGES = {
     1: ({"reference_net", "backbone_spatial", "face_locator"}, "image", (False, False, False)),
     2: ({"temporal", "audio_attention", "audio_projection"}, "video", (True, True, False)),
@@ -39,40 +40,41 @@ def _bytes(tree) -> int:
     return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
 
 
-@pytest.mark.parametrize("prefix", ["", "tiny_"])
+@pytest.mark.parametrize("family", ["paper", "tiny"])
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_stage_configs_follow_the_paper(stage, prefix):
-    cfg = load_config(f"configs/train/{prefix}stage{stage}.yaml")
+def test_stage_configs_follow_the_paper(stage, family):
+    cfg = load_config(f"configs/train/{family}.yaml", [f"train.stage={stage}"])
     trainable, mode, switches = STAGES[stage]
     emo = cfg.model.emo
     assert set(cfg.train.trainable) == trainable and cfg.data.mode == mode
     assert (emo.use_temporal, emo.use_audio, emo.use_speed) == switches
-    if prefix:  # (full size: the bench builds those steps)
+    if family == "tiny":  # (full size: the bench builds those steps)
         validate(cfg, abstract_params(EMOModel(cfg.model)))
     else:  # the paper's values
         assert cfg.train.learning_rate == 1e-5 and cfg.data.resolution == 512
         assert cfg.data.batch_size == (48 if stage == 1 else 4)
         if stage > 1:
-            assert (cfg.data.n_frames, cfg.data.n_motion_frames) == (12, 4)
+            assert (emo.n_frames, emo.n_motion_frames) == (12, 4)
             assert cfg.train.init_from == f"runs/stage{stage - 1}"
     # speed: degrees per frame in the data; the bucket centres span the synthetic corpus' range
     assert min(emo.speed_centers) <= 0.05 and max(emo.speed_centers) >= 1.5
 
 
 def test_validate_names_the_problem():
-    cfg = load_config("configs/train/tiny_stage2.yaml", ["train.trainable=[speed]"])
+    cfg = load_config(TINY, ["train.stage=2", "train.trainable=[speed]"])
     with pytest.raises(ConfigError, match="speed.*not in this model"):
         validate(cfg, abstract_params(EMOModel(cfg.model)))
-    cfg = load_config("configs/train/tiny_stage2.yaml", ["data.mode=image"])
+    cfg = load_config(TINY, ["train.stage=2", "data.mode=image"])
     with pytest.raises(ConfigError, match="use_temporal"):
         validate(cfg, abstract_params(EMOModel(cfg.model)))
-    assert main(["train", "--config", "configs/train/tiny_stage1.yaml", "train.trainable=[x]"]) == 2
+    assert main(["train", "--config", TINY, "--stage", "1", "train.trainable=[x]"]) == 2
 
 
 def test_learning_rate_warms_up_holds_and_decays_to_zero(capsys):
     train = load_config(
-        "configs/train/tiny_stage1.yaml",
+        TINY,
         [
+            "train.stage=1",
             "train.learning_rate=1.0e-3",
             "train.steps=100",
             "train.warmup_steps=10",
@@ -86,12 +88,12 @@ def test_learning_rate_warms_up_holds_and_decays_to_zero(capsys):
     assert float(constant(0)) == float(constant(100)) == pytest.approx(1e-3)
     with pytest.raises(ConfigError, match="warmup_steps 10 \\+ train.decay_steps 91 exceed"):
         load_config(
-            "configs/train/tiny_stage1.yaml",
-            ["train.steps=100", "train.warmup_steps=10", "train.decay_steps=91"],
+            TINY,
+            ["train.stage=1", "train.steps=100", "train.warmup_steps=10", "train.decay_steps=91"],
         )
     with pytest.raises(ConfigError, match="train.decay_steps: -1 is negative"):
-        load_config("configs/train/tiny_stage1.yaml", ["train.decay_steps=-1"])
-    args = ["train", "--config", "configs/train/tiny_stage1.yaml", "train.decay_steps=100000"]
+        load_config(TINY, ["train.stage=1", "train.decay_steps=-1"])
+    args = ["train", "--config", TINY, "--stage", "1", "train.decay_steps=100000"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "decay_steps 100000 exceed train.steps" in err
@@ -105,8 +107,8 @@ class _NoData:
 
 
 def test_split_merge_and_next_stage_loading(tmp_path):
-    stage1 = abstract_params(EMOModel(load_config("configs/train/tiny_stage1.yaml").model))
-    stage2 = abstract_params(EMOModel(load_config("configs/train/tiny_stage2.yaml").model))
+    stage1 = abstract_params(EMOModel(load_config(TINY, ["train.stage=1"]).model))
+    stage2 = abstract_params(EMOModel(load_config(TINY, ["train.stage=2"]).model))
     train, frozen = split(stage2, ("temporal", "audio_attention", "audio_projection"))
     assert {component_of(p) for p in flatten_dict(train)} == {
         "temporal",
@@ -204,7 +206,7 @@ def test_frozen_params_have_no_optimizer_state_nor_step_memory(stage3):
 
     mem = _lower(setup).compile().memory_analysis()
     state, frozen = _bytes(setup.abstract_state), _bytes(setup.abstract_frozen)
-    inputs = state + frozen + _bytes(setup.abstract_vae) + _bytes(setup.abstract_batch)
+    inputs = state + frozen + _bytes(setup.abstract_inputs) + _bytes(setup.abstract_batch)
     assert inputs - 65536 <= mem.argument_size_in_bytes <= inputs  # less: unused params pruned
     # outputs: the state (updated in place) + metrics and a buffer table; no frozen param
     assert mem.alias_size_in_bytes == state
@@ -216,7 +218,7 @@ def test_nan_step_is_skipped_and_ema_follows(stage3):
     state_sh, frozen_sh, vae_sh, batch_sh = setup.shardings
     params, _ = initial_params(cfg, setup.model, setup.param_shardings)
     trainable, frozen = split(params, cfg.train.trainable)
-    state = jax.jit(lambda p: init_state(p, setup.optimizer, cfg), out_shardings=state_sh)(
+    state = jax.jit(lambda p: init_state(p, setup.optimizer, cfg.train), out_shardings=state_sh)(
         trainable
     )
     vae = jax.device_put(load_vae(cfg, setup.vae), vae_sh)
@@ -250,7 +252,7 @@ def _everything_trainable(cfg, setup):
 
 def _lower(setup):
     return setup.step.lower(
-        setup.abstract_state, setup.abstract_frozen, setup.abstract_vae, setup.abstract_batch
+        setup.abstract_state, setup.abstract_frozen, setup.abstract_inputs, setup.abstract_batch
     )
 
 
@@ -270,3 +272,32 @@ def test_frozen_params_cost_no_gradient_memory(stage3):
     temp = _lower(setup).compile().memory_analysis().temp_size_in_bytes
     full = _lower(_everything_trainable(cfg, setup)).compile().memory_analysis()
     assert full.temp_size_in_bytes - temp >= _bytes(setup.abstract_frozen)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_stage_trains_and_resumes_exactly(stage, tmp_path_factory):
+    """Two steps straight (checkpoints at 1 and 2), and the same run resumed from step 1:
+    the same batch, loss and weights at step 2, bit for bit."""
+    import shutil
+
+    from emo_jax.train.emo import train
+
+    corpus = ts.make_corpus(tmp_path_factory.getbasetemp() / "train_corpus")
+    root = tmp_path_factory.mktemp(f"stage{stage}")
+    extra = [f"train.stage={stage}", "train.steps=2", "train.checkpoint_every=1"]
+    extra += ["data.batch_size=4", "train.eval_batches=1"]
+    cfg = lambda run: load_config(ts.CONFIG, ts.overrides(corpus, root / run, *extra))  # noqa: E731
+    straight = train(cfg("straight"), progress=False)
+    shutil.copytree(root / "straight", root / "resumed")
+    shutil.rmtree(root / "resumed" / "checkpoints" / "2")
+    resumed = train(cfg("resumed"), progress=False)
+    assert (straight["start"], resumed["start"], resumed["end"]) == (0, 1, 2)
+    assert resumed["losses"] == {2: straight["losses"][2]}
+    assert ts.metrics(root / "resumed")[2]["batch"] == ts.metrics(root / "straight")[2]["batch"]
+    got, want = (ts.checkpoint_params(root / run, 2) for run in ("resumed", "straight"))
+    assert got.keys() == want.keys()
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    moved = ts.checkpoint_params(root / "straight", 1)
+    trained = {k for k in want if k.startswith("params/")}
+    assert {component_of(tuple(k.split("/")[1:])) for k in trained} == STAGES[stage][0]
+    assert any(not np.array_equal(moved[k], want[k]) for k in trained)  # step 2 changed them

@@ -14,6 +14,7 @@ import pytest
 import train_support as ts
 
 from emo_jax.checkpoint.manager import Checkpoints
+from emo_jax.config import load_config
 from emo_jax.train.metrics import step_seconds
 
 
@@ -111,22 +112,31 @@ def test_meshes_8x1_2x4_1x8_match_one_device(corpus, reference, tmp_path):
     weights = np.load(out.with_suffix(".npz"))
     want = ts.metrics(reference)
     ref_weights = ts.checkpoint_params(reference, 2)
+
+    def of(mesh: str) -> dict:
+        return {k.split(":", 1)[1]: weights[k] for k in weights.files if k.startswith(mesh + ":")}
+
+    init = of("init")
     expected_share = {"8x1": 1.0, "2x4": 1 / 4, "1x8": 1 / 8}
     for mesh, r in report.items():
         for step, loss in r["losses"].items():
             assert loss == pytest.approx(want[int(step)]["loss"], rel=1e-5), (mesh, step)
-        got = {k.split(":", 1)[1]: weights[k] for k in weights.files if k.startswith(mesh + ":")}
-        _assert_close(got, ref_weights)
+        ts.assert_trained_alike(of(mesh), ref_weights, init)
         share = expected_share[mesh]
         assert all(share <= s < share * 1.1 for s in r["share"]), (mesh, r["share"])
 
 
-def test_two_processes_match_one(corpus, reference, tmp_path):
+@pytest.mark.parametrize("mesh", ["data", "fsdp"])
+def test_two_processes_match_one(mesh, corpus, reference, tmp_path):
+    """Two processes of one device each: the batch split between them (data), or the batch,
+    params, gradients and Adam moments (fsdp)."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     run = tmp_path / "two"
-    args = ts.overrides(corpus, run, "train.steps=2")
+    data, fsdp = {"data": (2, 1), "fsdp": (1, 2)}[mesh]
+    args = ts.overrides(corpus, run, "train.steps=2", f"parallel.data={data}")
+    args.append(f"parallel.fsdp={fsdp}")
     procs = [
         subprocess.Popen(
             ts.train_command(
@@ -154,4 +164,5 @@ def test_two_processes_match_one(corpus, reference, tmp_path):
     assert sorted(got) == [1, 2]
     for step in (1, 2):
         assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-5)
-    _assert_close(ts.checkpoint_params(run, 2), ts.checkpoint_params(reference, 2))
+    init = ts.initial_weights(load_config(ts.CONFIG, args))
+    ts.assert_trained_alike(ts.checkpoint_params(run, 2), ts.checkpoint_params(reference, 2), init)

@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs/train/tiny_stage3.yaml")
+CONFIG = str(REPO / "configs/train/tiny.yaml")
 # One UNet level without a mid block, an 8-channel VAE, 16 mel bins; batch 16 in two
 # micro-batches of 8 (so 8 data-parallel devices get a row each); 2 motion + 4 target frames.
 OVERRIDES = [
+    "train.stage=3",
     "model.unet.block_out_channels=[16]",
     "model.unet.down_block_types=[CrossAttnDownBlock2D]",
     "model.unet.up_block_types=[CrossAttnUpBlock2D]",
@@ -48,14 +49,15 @@ def make_corpus(root: Path) -> Path:
     """Synthetic videos (2 people x 3 s, 64 px) preprocessed at 32 px; built once per folder."""
     out = root / "processed"
     if not (out / "manifest.json").is_file():
-        from emo_jax.config import DataConfig
+        from emo_jax.config import Config, DataConfig
         from emo_jax.data import synth
         from emo_jax.data.preprocess import preprocess
 
         synth.make_corpus(
             root / "videos", identities=2, seconds=3.0, size=64, progress=False, workers=1
         )
-        preprocess(root / "videos", out, DataConfig(shards=str(out), resolution=32), 1, False)
+        data = DataConfig(shards=str(out), resolution=32)
+        preprocess(root / "videos", out, Config(data=data), 1, False)
     return out
 
 
@@ -122,9 +124,46 @@ def checkpoint_params(run: Path, step: int) -> dict:
     return flatten_dict(tree, sep="/")
 
 
+def initial_weights(cfg) -> dict:
+    """Flat {path: array} of a fresh run's state at step 0, named as `checkpoint_params` names
+    it: the trained half (params and its EMA) and the frozen half."""
+    import jax
+    from flax.traverse_util import flatten_dict
+
+    from emo_jax.models.emo import EMOModel, init_params
+    from emo_jax.train.stages import split
+
+    params = jax.device_get(init_params(EMOModel(cfg.model), cfg.train.seed))
+    trainable, frozen = split(params, cfg.train.trainable)
+    return flatten_dict({"params": trainable, "ema": trainable, "frozen": frozen}, sep="/")
+
+
+def assert_trained_alike(got: dict, want: dict, init: dict, tol: float = 1e-2) -> float:
+    """The frozen params unchanged and equal; per trained tensor (params, EMA), the distance
+    from `want` is below `tol` of how far training moved it from `init` (both as Frobenius
+    norms, so that the few elements whose gradient is float noise, which Adam turns into full
+    steps of either sign, weigh as little as they are). One optimizer step skipped, or a
+    gradient that misses part of the batch, moves a tensor by about its own movement."""
+    import numpy as np
+
+    assert got.keys() == want.keys() == init.keys()
+    worst, where = 0.0, None
+    for k, w in want.items():
+        if k.startswith("frozen/"):
+            assert np.array_equal(got[k], w) and np.array_equal(w, init[k]), k
+            continue
+        moved = float(np.linalg.norm(w - init[k]))
+        assert moved > 0, k  # every trained tensor moves (weight decay at least)
+        ratio = float(np.linalg.norm(got[k] - w)) / moved
+        worst, where = max((worst, where), (ratio, k))
+    assert worst < tol, (worst, where)
+    return worst
+
+
 def _meshes(out: Path, corpus: Path) -> None:
     """Two steps on each mesh of MESHES (8 fake devices) from the same initial weights; writes
-    the losses, each device's share of the state, and the weights after step 2 (npz)."""
+    the losses, each device's share of the state, and the weights after step 2 (npz; the
+    initial ones as init:PATH)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import jax
@@ -148,7 +187,7 @@ def _meshes(out: Path, corpus: Path) -> None:
     }
     setups = {k: build(c, make_mesh(c.parallel)) for k, c in configs.items()}
     lowered = [
-        s.step.lower(s.abstract_state, s.abstract_frozen, s.abstract_vae, s.abstract_batch)
+        s.step.lower(s.abstract_state, s.abstract_frozen, s.abstract_inputs, s.abstract_batch)
         for s in setups.values()
     ]
     with ThreadPoolExecutor(len(lowered)) as pool:  # XLA compiles without the GIL
@@ -156,13 +195,14 @@ def _meshes(out: Path, corpus: Path) -> None:
     cfg, first = configs["1x8"], setups["1x8"]
     params = jax.device_get(initial_params(cfg, first.model, first.param_shardings)[0])
     vae = load_vae(cfg, first.vae)
-    report, weights = {}, {}
+    report = {}
+    weights = {f"init:{k}": v for k, v in initial_weights(cfg).items()}
     for key, setup in setups.items():
         state_sh, frozen_sh, vae_sh, batch_sh = setup.shardings
         trainable, frozen = split(
             jax.device_put(params, setup.param_shardings), cfg.train.trainable
         )
-        init = functools.partial(init_state, optimizer=setup.optimizer, cfg=cfg)
+        init = functools.partial(init_state, optimizer=setup.optimizer, cfg=cfg.train)
         state = jax.jit(init, out_shardings=state_sh)(trainable)
         vae_params, data, losses = jax.device_put(vae, vae_sh), BatchStream(cfg), {}
         for step in (1, 2):

@@ -46,10 +46,9 @@ def card(state: dict, evaluation: dict, parameters: int) -> dict:
         "recipe_seconds": {k: round(v["seconds"]) for k, v in state.items()},
         "evaluation": {
             "data": f"`emo-jax {shlex.join(steps['heldout'])}` ({evaluation['clips']} clips)",
-            **{
-                key: round(metrics[video][name], 3)
+            **{  # None: undefined (the Pearson of a constant series, or no motion)
+                key: None if metrics[video][name] is None else round(metrics[video][name], 3)
                 for key, (video, name) in SUMMARY.items()
-                if metrics[video][name] is not None
             },
         },
     }

@@ -6,6 +6,8 @@ import argparse
 import sys
 import warnings
 
+from emo_jax.commands.arguments import whole
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,11 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML config replacing the checkpoint's (must fit its params)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. diffusion.eta=0.5")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: localhost)")
-    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--port", type=whole(1, 65535), default=7860, help="port (default: 7860)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from emo_jax.errors import check_input
+
+    if args.config:
+        check_input(args.config, "config file")
     try:
         from emo_jax.app import serve
     except ModuleNotFoundError as e:

@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from emo_jax.errors import InputError
+from emo_jax.errors import InputError, check_input, check_output
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".mp4", ".mkv")
 
@@ -19,7 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("audio", help="audio or video file, or a folder (searched recursively)")
     p.add_argument("--out", required=True, help="FILE.npy, or a folder when AUDIO is a folder")
-    p.add_argument("--config", help="YAML config; its model.audio section is used")
+    p.add_argument(
+        "--config",
+        help="YAML config; its model.audio section is used (default: the built-in model's, "
+        "which needs no download: `emo-jax info --model`)",
+    )
     p.add_argument(
         "--per-frame",
         action="store_true",
@@ -31,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _jobs(audio: Path, out: Path) -> list[tuple[Path, Path]]:
+    check_input(audio, "audio file or folder", folder=None)
+    check_output(out, folder=audio.is_dir())
     if not audio.is_dir():
         if out.suffix != ".npy":
             raise InputError(f"{out}: --out must end in .npy for one audio file")
@@ -46,9 +52,13 @@ def run(args: argparse.Namespace) -> int:
 
     from emo_jax.audio.features import AudioFeatures
     from emo_jax.config import load_config
+    from emo_jax.pipeline.loading import default_config
 
-    cfg = load_config(args.config, args.overrides).model.audio
     jobs = _jobs(Path(args.audio), Path(args.out))
+    if args.config:
+        cfg = load_config(check_input(args.config, "config file"), args.overrides).model.audio
+    else:
+        cfg = default_config(args.overrides).model.audio
     features = AudioFeatures(cfg)
     failed = 0
     for src, dst in tqdm(jobs, unit="file", disable=len(jobs) == 1):

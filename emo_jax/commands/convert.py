@@ -55,8 +55,20 @@ def _default_dst_format(src_format: str, kind: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from emo_jax.config import load_config
+    from emo_jax.errors import InputError, check_input, check_output
     from emo_jax.interop import formats
 
+    check_input(args.src, "source", folder=None)
+    for path, what in (
+        (args.config, "config file"),
+        (args.emo_config, "config file"),
+        (args.motion_adapter, "motion adapter"),
+    ):
+        if path:
+            check_input(path, what, folder=None if what == "motion adapter" else False)
+    check_output(args.dst, folder=True)
+    if Path(args.dst).exists() and not args.overwrite:
+        raise InputError(f"{args.dst}: already exists (use --overwrite to replace it)")
     if args.src_format == "hallo" or args.dst_format == "hallo":
         from emo_jax.interop import hallo
 

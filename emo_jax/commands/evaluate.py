@@ -6,6 +6,7 @@ import argparse
 import sys
 import warnings
 
+from emo_jax.commands.arguments import number, whole
 from emo_jax.commands.generate import add_sampling_arguments, sampling_options
 
 DESCRIPTION = """\
@@ -31,10 +32,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="model bundle or exported folder (default: built-in)")
     p.add_argument("--data", required=True, help="corpus folder (emo-jax synth --split heldout)")
     p.add_argument("--out", help="write the results here as JSON (whole or not at all)")
-    p.add_argument("--clips", type=int, help="evaluate only the first N clips (sorted by name)")
-    p.add_argument("--seconds", type=float, help="use only the first S seconds of each clip")
-    p.add_argument("--resolution", type=int, help="square side in pixels (default: the model's)")
+    p.add_argument(
+        "--clips", type=whole(1), help="evaluate only the first N clips (sorted by name)"
+    )
+    p.add_argument(
+        "--seconds", type=number(positive=True), help="use only the first S seconds of each clip"
+    )
+    p.add_argument(
+        "--resolution", type=whole(1), help="square side in pixels (default: the model's)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no per-clip progress lines")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. diffusion.eta=0.5")
     add_sampling_arguments(p)
     p.set_defaults(func=run)
 
@@ -42,16 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from emo_jax.errors import InputError
+    from emo_jax.errors import check_input, check_output
     from emo_jax.eval.evaluate import evaluate, find_clips, format_table
     from emo_jax.files import write_json
     from emo_jax.pipeline import EMOPipeline
 
-    if args.clips is not None and args.clips < 1:
-        raise InputError(f"--clips {args.clips}: must be at least 1")
-    if args.seconds is not None and args.seconds <= 0:
-        raise InputError(f"--seconds {args.seconds}: must be positive")
-    paths = find_clips(args.data)[: args.clips]
+    if args.out:
+        check_output(args.out)
+    paths = find_clips(check_input(args.data, "corpus folder", folder=True))[: args.clips]
 
     def announce(i: int, total: int, name: str) -> None:
         if not args.no_progress:
@@ -63,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     options = {**sampling_options(args), "resolution": args.resolution}
     with warnings.catch_warnings():
         warnings.showwarning = warn
-        pipe = EMOPipeline.from_pretrained(args.checkpoint)
+        pipe = EMOPipeline.from_pretrained(args.checkpoint, None, args.overrides)
         results = evaluate(
             pipe,
             paths,

@@ -7,6 +7,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from emo_jax.commands.arguments import number, number_or_file, whole
+from emo_jax.config import SAMPLERS
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EXAMPLE_IMAGE = ASSETS / "face.png"
 EXAMPLE_AUDIO = ASSETS / "speech.wav"
@@ -33,16 +36,19 @@ FFmpeg reads, any sample rate and channel count.
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """--steps, --sampler, --guidance, --audio-guidance, --seed (generate and evaluate)."""
     g = p.add_argument_group("sampling")
-    g.add_argument("--steps", type=int, help="denoising steps (default: the model config's)")
-    g.add_argument("--sampler", choices=("ddim", "dpmpp_2m"), help="sampler (config: ddim)")
-    g.add_argument("--guidance", type=float, help="guidance scale (default: the config's)")
+    g.add_argument("--steps", type=whole(1), help="denoising steps (default: the model config's)")
+    g.add_argument("--sampler", choices=SAMPLERS, help=f"sampler (config: {SAMPLERS[0]})")
+    g.add_argument("--guidance", type=number(), help="guidance scale (default: the config's)")
     g.add_argument(
         "--audio-guidance",
-        type=float,
+        type=number(),
         help="separate audio guidance scale; --guidance is then the reference scale",
     )
     g.add_argument(
-        "--seed", type=int, default=0, help="noise seed; same seed, same device: same video"
+        "--seed",
+        type=whole(0, 2**32 - 1),
+        default=0,
+        help="noise seed; same seed, same device: same video",
     )
 
 
@@ -82,31 +88,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("video")
     g.add_argument(
         "--speed",
+        type=number_or_file(),
         help="head speed in degrees per frame: a constant (speech 0.1-1.0, singing 1.0-1.3; "
         "default 0.5) or a text file with one value per second (see README)",
     )
-    g.add_argument("--clip-frames", type=int, help="frames per clip f (config: model.emo.n_frames)")
     g.add_argument(
-        "--motion-frames", type=int, help="motion frames n (config: model.emo.n_motion_frames)"
+        "--clip-frames", type=whole(1), help="frames per clip f (config: model.emo.n_frames)"
     )
-    g.add_argument("--resolution", type=int, help="square side in pixels (default: the model's)")
+    g.add_argument(
+        "--motion-frames", type=whole(1), help="motion frames n (config: model.emo.n_motion_frames)"
+    )
+    g.add_argument(
+        "--resolution", type=whole(1), help="square side in pixels (default: the model's)"
+    )
     g.add_argument("--mask", help="face-region mask image, the portrait's size (white: face)")
+    g.add_argument(
+        "--face", type=int, help="which face when there are several (0: the largest, default)"
+    )
     g.add_argument("--frames-dir", help="also write PNG frames to this (new or empty) folder")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def _speed(value: str) -> float | str:
-    try:
-        return float(value)
-    except ValueError:
-        return value
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from emo_jax.pipeline import EMOPipeline
+    from emo_jax.errors import check_input
+    from emo_jax.interrupt import pause_point
+    from emo_jax.pipeline.pipeline import EMOPipeline, check_outputs
 
     def warn(message, category, *rest, **kw):
         print(f"emo-jax generate: warning: {message}", file=sys.stderr)
@@ -120,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
     ]
     if defaulted:
         print(f"emo-jax generate: using the example {' and '.join(defaulted)}", file=sys.stderr)
+    check_outputs(args.out, args.frames_dir)
+    if args.config:
+        check_input(args.config, "config file")
     bar = None
 
     def progress(clip: int, clips: int, step: int, steps: int) -> None:
@@ -134,17 +146,22 @@ def run(args: argparse.Namespace) -> int:
         pipe = EMOPipeline.from_pretrained(args.checkpoint, args.config, args.overrides)
         options = {
             **sampling_options(args),
-            "speed": None if args.speed is None else _speed(args.speed),
+            "speed": args.speed,
             "clip_frames": args.clip_frames,
             "motion_frames": args.motion_frames,
             "resolution": args.resolution,
             "mask": args.mask,
+            "face": args.face,
         }
         job = pipe.prepare(image, audio, **{k: v for k, v in options.items() if v is not None})
+        print(f"emo-jax generate: loading {pipe.model.source}", file=sys.stderr, flush=True)
+        pause_point("load")
+        pipe.model.params  # noqa: B018 (read the weights now that the inputs are known good)
         print(
             f"emo-jax generate: {job.num_frames} frames in {job.num_clips} clips; "
             "the first clip compiles the model",
             file=sys.stderr,
+            flush=True,
         )
         try:
             result = pipe.generate(

@@ -41,8 +41,11 @@ def describe_model(path: str | None) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
+    from emo_jax.errors import check_input
     from emo_jax.models.inventory import parameter_counts
 
+    if args.config:
+        check_input(args.config, "config file")
     if args.model is not None:
         config = describe_model(None if args.model == "default" else args.model)
         print()

@@ -3,14 +3,15 @@
     state: runs/default/recipe.json     # what is done, with each step's wall time
     steps:
       corpus: synth --out data/default/videos --identities 160
-      stage1: train --config configs/default/stage1.yaml
+      stage1: train --config configs/default/train.yaml --stage 1
       ...
 
 A step is done once its command has returned 0; a re-run skips done steps (a step whose
 command text changed runs again) and the interrupted one resumes as its own command does
 (synth keeps finished clips, train restarts from its last checkpoint). A done step whose
-`--config` now reads differently (the file or a `base:` it includes) stops the recipe before
-anything runs: its output is stale, and a train step would only resume its finished run.
+`--config` now reads differently (the file or a `base:` it includes; of a stage file, the
+`--stage` it runs) stops the recipe before anything runs: its output is stale, and a train step
+would only resume its finished run.
 """
 
 from __future__ import annotations
@@ -65,15 +66,20 @@ def config_of(argv: list[str]) -> str | None:
     return argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
 
 
+def stage_of(argv: list[str]) -> list[str]:
+    """The override that a step's `--stage N` makes (of a stage file), or none."""
+    return [f"train.stage={argv[argv.index('--stage') + 1]}"] if "--stage" in argv[:-1] else []
+
+
 def settings(argv: list[str]) -> str:
-    """Digest of the settings a step's `--config` resolves to (with its `base:` files); "" if
-    it has none."""
-    from emo_jax.config import load_yaml
+    """Digest of the settings a step's `--config` resolves to (with its `base:` files; of a
+    stage file, its `--stage`); "" if it has none."""
+    from emo_jax.config import resolve
 
     path = config_of(argv)
     if path is None:
         return ""
-    data = load_yaml(path)
+    data = resolve(path, stage_of(argv))
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

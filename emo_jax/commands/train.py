@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from emo_jax.commands.arguments import whole
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="run (or resume) a training stage: configs/train/stageN.yaml")
-    p.add_argument("--config", required=True, help="stage config, e.g. configs/train/stage1.yaml")
+    p = sub.add_parser("train", help="run (or resume) a training stage of a stage file")
+    p.add_argument("--config", required=True, help="stage file, e.g. configs/train/paper.yaml")
+    p.add_argument("--stage", type=int, help="the stage to run (train.stage): 0 autoencoder, 1-3")
     p.add_argument("--coordinator", help="multi-host: address:port of process 0")
-    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
-    p.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    p.add_argument("--num-processes", type=whole(1), help="multi-host: number of processes")
+    p.add_argument("--process-id", type=whole(0), help="multi-host: this process's index")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=1000")
     p.set_defaults(func=run)
@@ -20,20 +23,23 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from emo_jax.config import load_config
+    from emo_jax.errors import check_input
 
+    check_input(args.config, "config file")
     overrides = list(args.overrides)
     for flag, key in (
-        (args.coordinator, "coordinator_address"),
-        (args.num_processes, "num_processes"),
-        (args.process_id, "process_id"),
+        (args.stage, "train.stage"),
+        (args.coordinator, "parallel.coordinator_address"),
+        (args.num_processes, "parallel.num_processes"),
+        (args.process_id, "parallel.process_id"),
     ):
         if flag is not None:
-            overrides.append(f"parallel.{key}={flag}")
+            overrides.append(f"{key}={flag}")
     cfg = load_config(args.config, overrides)
 
     from emo_jax.parallel.mesh import initialize
     from emo_jax.train.autoencoder import train_autoencoder
-    from emo_jax.train.loop import train
+    from emo_jax.train.emo import train
 
     initialize(cfg.parallel)
     run_stage = train_autoencoder if cfg.train.stage == 0 else train

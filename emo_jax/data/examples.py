@@ -15,14 +15,13 @@ import dataclasses
 
 import numpy as np
 
-from emo_jax.data.faces import HaarDetector
 from emo_jax.data.speech import Voice, resample, speak
-from emo_jax.data.synth import HELDOUT_SEED_BASE, draw_still, make_identity
+from emo_jax.data.synth import HELDOUT_SEED_BASE, SAMPLE_RATE, draw_still, make_identity
 from emo_jax.data.visemes import mouth_track
+from emo_jax.faces.detect import HaarBackend
 
 SENTENCE = "Hello! I am a talking portrait, made from a single photo."
 SIDE = 256
-SAMPLE_RATE = 16000
 FACE_IDENTITY = 3  # held-out identity index (seed HELDOUT_SEED_BASE + 3)
 PAD = SAMPLE_RATE // 10  # silence kept before and after the speech
 
@@ -60,7 +59,7 @@ def portrait() -> np.ndarray:
     from skimage import data
 
     image = data.astronaut()
-    box = HaarDetector()(image)
+    box = HaarBackend()(image)
     cx, cy = (box[:2] + box[2:]) / 2
     x0 = int(np.clip(round(cx - SIDE / 2), 0, image.shape[1] - SIDE))
     y0 = int(np.clip(round(cy - SIDE / 2), 0, image.shape[0] - SIDE))

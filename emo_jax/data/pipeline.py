@@ -2,8 +2,8 @@
 with a checkpointable iterator (`it.get_state()` / `it.set_state(state)`, or Orbax through
 `grain.checkpoint.CheckpointSave/CheckpointRestore`).
 
-Batches (B = data.batch_size / process_count, F = n_frames, n = n_motion_frames,
-m = audio_context, S = data.resolution, spf = sample_rate / fps = 640):
+Batches (B = data.batch_size / process_count, S = data.resolution; F = n_frames,
+n = n_motion_frames, m = audio_context, spf = samples_per_frame = 640: the model's, `clip_spec`):
 
 mode "video" (stages 2 and 3):
   "frames"         (B, F, S, S, 3) uint8 RGB   target frames (x / 127.5 - 1 gives [-1, 1])
@@ -26,7 +26,7 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from emo_jax.config import DataConfig
+from emo_jax.config import ClipSpec, Config, DataConfig, clip_spec
 from emo_jax.data.source import ClipIndex, Corpus, FrameReader
 from emo_jax.errors import InputError
 
@@ -46,13 +46,14 @@ def rotate_hue(images: np.ndarray, angle: float) -> np.ndarray:
 class LoadExample(grain.transforms.RandomMap):
     """Clip position -> training example (the reference frame is the random part)."""
 
-    def __init__(self, reader: FrameReader, cfg: DataConfig):
+    def __init__(self, reader: FrameReader, cfg: DataConfig, clip: ClipSpec):
         self.reader = reader
         self.cfg = cfg
+        self.clip = clip
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         video, start = int(element["video"]), int(element["start"])
-        cfg, reader = self.cfg, self.reader
+        cfg, clip, reader = self.cfg, self.clip, self.reader
         if cfg.mode == "image":
             rec = reader.read(video, range(start, start + 1))
             example = {
@@ -62,10 +63,10 @@ class LoadExample(grain.transforms.RandomMap):
             }
         else:
             example = reader.clip(
-                video, start, cfg.n_motion_frames, cfg.n_frames, cfg.audio_context
+                video, start, clip.n_motion_frames, clip.n_frames, clip.audio_context
             )
-            t0 = start + cfg.n_motion_frames
-            example["reference"] = reader.reference(video, range(t0, t0 + cfg.n_frames), rng)
+            t0 = start + clip.n_motion_frames
+            example["reference"] = reader.reference(video, range(t0, t0 + clip.n_frames), rng)
         if cfg.hue_augment and rng.random() < cfg.hue_augment:
             angle = rng.uniform(0.0, 2 * np.pi)
             for key in ("frames", "motion_frames", "reference"):
@@ -83,16 +84,18 @@ def _parse_absl_flags() -> None:
 
 
 def make_loader(
-    cfg: DataConfig,
+    config: Config,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> grain.DataLoader:
-    """The training DataLoader for `cfg` (process index / count default to JAX's).
+    """The training DataLoader of `config.data`, its clips as `config.model` needs them
+    (process index / count default to JAX's).
 
     With `cfg.worker_count > 0` Grain spawns worker processes: call this under
     `if __name__ == "__main__":` in scripts.
     """
     _parse_absl_flags()
+    cfg, clip = config.data, clip_spec(config.model)
     if process_index is None or process_count is None:
         import jax
 
@@ -102,7 +105,7 @@ def make_loader(
             f"data.batch_size {cfg.batch_size} is not divisible by the {process_count} processes"
         )
     corpus = Corpus.load(cfg.shards)
-    length = 1 if cfg.mode == "image" else cfg.n_motion_frames + cfg.n_frames
+    length = 1 if cfg.mode == "image" else clip.n_motion_frames + clip.n_frames
     index = ClipIndex(corpus, length, 1 if cfg.mode == "image" else cfg.clip_stride)
     shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True)
     sampler = grain.samplers.IndexSampler(
@@ -113,7 +116,7 @@ def make_loader(
         seed=cfg.seed,
     )
     operations = [
-        LoadExample(FrameReader(corpus, cfg.resolution), cfg),
+        LoadExample(FrameReader(corpus, cfg.resolution), cfg, clip),
         grain.transforms.Batch(cfg.batch_size // process_count, drop_remainder=True),
     ]
     return grain.DataLoader(

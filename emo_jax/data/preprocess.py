@@ -1,13 +1,17 @@
 """Preprocessing a folder of talking-head videos into ArrayRecord shards for training.
 
 For each video: decode at `fps`; detect the face in every frame; fill and smooth the face
-track; one stable square crop around it, resized to `resolution`; head rotation speed per
-frame; the audio track at `sample_rate` (exactly sample_rate / fps samples per frame, zero-padded
+track (from the landmarks where the back end has them); one stable square crop around it,
+resized to `resolution`; head rotation speed per frame (`pose` "flow": the flow estimator in
+the face track; "landmarks": the head pose of the landmarks, `emo_jax.faces.pose`, falling back
+to flow where the landmarks are missing in half the frames, which the manifest lists); the
+audio track at `sample_rate` (exactly sample_rate / fps samples per frame, zero-padded
 at the end if the audio is a little short). Output folder:
 
   shards/<id>.array_record   one record per frame (emo_jax.data.records)
   videos/<id>.json           the per-video result: done marker, or why it was skipped
   manifest.json              settings, counts, the shard list, skipped and trimmed files
+                             (written only when at least one video is usable)
 
 Runs are resumable: a video whose result file matches the file's size, mtime and the settings is
 not processed again. Bad input (not a video, no audio track, no face, corrupt data) is reported
@@ -27,12 +31,19 @@ import cv2
 import numpy as np
 
 from emo_jax.audio.io import load_audio
-from emo_jax.config import DataConfig
+from emo_jax.config import Config, clip_spec
 from emo_jax.data import records
-from emo_jax.data.faces import fill_track, make_detector, stable_crop
-from emo_jax.data.pose import POSE_ESTIMATORS, integrate, speeds_from_omegas
 from emo_jax.data.video import CorruptVideoError, iter_frames, probe
 from emo_jax.errors import InputError
+from emo_jax.faces.detect import make_detector, resolve
+from emo_jax.faces.pose import (
+    POSE_ESTIMATORS,
+    integrate,
+    landmark_angles,
+    landmark_speeds,
+    speeds_from_omegas,
+)
+from emo_jax.faces.track import fill_track, stable_crop
 from emo_jax.files import write_json
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
@@ -56,8 +67,20 @@ class Settings:
     min_frames: int
 
     @classmethod
-    def from_config(cls, cfg: DataConfig) -> Settings:
-        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+    def from_config(cls, cfg: Config) -> Settings:
+        """config.data's settings, the face back end resolved ("auto" -> what is installed);
+        frame and sample rate: config.model's (`clip_spec`)."""
+        if cfg.data.pose not in ("landmarks", "flow"):
+            raise InputError(f"data.pose: {cfg.data.pose!r} is not one of landmarks, flow")
+        try:
+            detector = resolve(cfg.data.detector)
+        except ValueError as e:
+            raise InputError(f"data.detector: {e}") from None
+        clip = clip_spec(cfg.model)
+        rates = {"fps": clip.fps, "sample_rate": clip.sample_rate}
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in rates]
+        fields = {name: getattr(cfg.data, name) for name in names}
+        return cls(**rates, **{**fields, "detector": detector})
 
 
 def video_id(rel: Path) -> str:
@@ -85,25 +108,28 @@ def _scaled_size(width: int, height: int, short: int) -> tuple[int, int] | None:
 
 
 def _detect(path: Path, settings: Settings, width: int, height: int):
-    """Face boxes (full-resolution pixels, None where no face) and the corruption note."""
+    """The largest face's boxes and 68 landmarks per frame (full-resolution pixels, None where
+    not found) and the corruption note."""
     detector = make_detector(settings.detector)
     size = _scaled_size(width, height, DETECT_SIDE)
     scale = 1.0 if size is None else width / size[0]
-    boxes, note = [], None
+    boxes, marks, note = [], [], None
     try:
         for frame in iter_frames(path, settings.fps, size):
-            box = detector(frame)
-            boxes.append(None if box is None else box * scale)
+            found = detector.detect(frame)
+            face = found[0] if found else None
+            boxes.append(None if face is None else face.box * scale)
+            marks.append(None if face is None or face.landmarks is None else face.landmarks * scale)
     except CorruptVideoError as e:
         note = f"trimmed to {len(boxes)} frames: {e}"
-    return boxes, note
+    return boxes, marks, note
 
 
 def _frames_and_pose(path: Path, settings: Settings, n: int, crop, track: np.ndarray):
     """JPEG crops, per-frame rotation vectors and boxes in crop pixels for the first n frames."""
     x0, y0, side = crop
     res = settings.resolution
-    estimator = POSE_ESTIMATORS[settings.pose]()
+    estimator = POSE_ESTIMATORS["flow"]()  # also the fallback of pose "landmarks"
     pose_scale = POSE_SIDE / side
     jpegs, omegas, prev = [], [], None
     for k, frame in enumerate(itertools.islice(iter_frames(path, settings.fps), n)):
@@ -161,23 +187,26 @@ def _process(path: Path, vid: str, out_dir: Path, settings: Settings) -> dict:
         raise InputError(f"{path}: has no audio track")
     audio = load_audio(path, settings.sample_rate)
     spf = settings.sample_rate // settings.fps
-    boxes, note = _detect(path, settings, info.width, info.height)
+    boxes, marks, note = _detect(path, settings, info.width, info.height)
     n = min(len(boxes), -(-len(audio) // spf))
     if n < len(boxes) - 1:
         note = (note + "; " if note else "") + f"audio ends at frame {n} of {len(boxes)}"
     boxes = boxes[:n]
     if n < settings.min_frames:
-        raise InputError(f"{path}: only {n} usable frames (< {settings.min_frames})")
+        raise InputError(
+            f"{path}: too short: {n} frames with sound ({n / settings.fps:.1f} s), "
+            f"{settings.min_frames} needed"
+        )
     found = sum(b is not None for b in boxes)
-    if found == 0:
-        raise InputError(f"{path}: no face detected")
     if found < settings.min_face_fraction * n:
-        raise InputError(f"{path}: face found in only {found} of {n} frames")
+        raise InputError(
+            f"{path}: no face in {n - found} of {n} frames (a face is needed in "
+            f"{settings.min_face_fraction:.0%} of them)"
+        )
     track = fill_track(boxes)
     crop = stable_crop(track, info.width, info.height, settings.crop_scale)
     jpegs, omegas, crop_boxes = _frames_and_pose(path, settings, n, crop, track)
-    speeds = speeds_from_omegas(omegas)
-    angles = integrate(omegas)
+    speeds, angles, speed_source = _speeds(omegas, marks[:n], settings, info.width, info.height)
     audio = np.pad(audio[: n * spf], (0, max(0, n * spf - len(audio))))
     recs = (
         records.encode_frame(
@@ -198,7 +227,22 @@ def _process(path: Path, vid: str, out_dir: Path, settings: Settings) -> dict:
         "crop": list(crop),
         "face_fraction": found / n,
         "mean_speed": float(speeds.mean()),
+        "speed_source": speed_source,
     }
+
+
+def _speeds(omegas: np.ndarray, marks: list, settings: Settings, width: int, height: int):
+    """Per-frame speeds (F,), angles (F, 3) and where they came from: "landmarks" (the head
+    pose of the landmarks, smoothed) or "flow" (the flow estimator in the face track; angles
+    integrated): `pose` "flow", or no landmarks in half the frames."""
+    if settings.pose == "landmarks" and sum(m is not None for m in marks) >= len(marks) / 2:
+        angles = np.array(
+            [np.full(3, np.nan) if m is None else landmark_angles(m, width, height) for m in marks]
+        )
+        speeds, angles = landmark_speeds(angles)
+        return speeds, angles, "landmarks"
+    reason = "flow" if settings.pose == "flow" else "flow (no landmarks in half the frames)"
+    return speeds_from_omegas(omegas), integrate(omegas), reason
 
 
 def _is_done(result_path: Path, path: Path, settings: Settings, out_dir: Path) -> dict | None:
@@ -245,17 +289,23 @@ def build_manifest(results: list[dict], settings: Settings, found: int) -> dict:
             {"file": r["source"], "reason": r["reason"]} for r in results if r["status"] != "ok"
         ],
         "trimmed": [{"file": r["source"], "note": r["trimmed"]} for r in ok if r.get("trimmed")],
+        "speed_from_flow": [
+            {"file": r["source"], "why": r["speed_source"]}
+            for r in ok
+            if r["settings"]["pose"] == "landmarks" and r.get("speed_source") != "landmarks"
+        ],
     }
 
 
 def preprocess(
     videos_dir: str | Path,
     out_dir: str | Path,
-    cfg: DataConfig,
+    cfg: Config,
     workers: int = 1,
     progress: bool = True,
 ) -> dict:
-    """Preprocesses every video under `videos_dir` into `out_dir`; returns the manifest."""
+    """Preprocesses every video under `videos_dir` into `out_dir` with `cfg.data`'s settings
+    at `cfg.model`'s frame and sample rate; returns the manifest."""
     from tqdm import tqdm
 
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
@@ -283,5 +333,6 @@ def preprocess(
                 bar.update()
     bar.close()
     manifest = build_manifest(results, settings, len(paths))
-    write_json(manifest, out_dir / "manifest.json")
+    if manifest["counts"]["videos_ok"]:
+        write_json(manifest, out_dir / "manifest.json")
     return manifest

@@ -33,20 +33,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from emo_jax.config import AudioConfig
 from emo_jax.data import sentences, speech, visemes
-from emo_jax.data.pose import rotation, rotation_speed
 from emo_jax.data.video import FPS, VideoWriter
 from emo_jax.errors import InputError
+from emo_jax.faces.pose import rotation, rotation_speed
 from emo_jax.files import atomic_write, write_json
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = AudioConfig.sample_rate  # the default model's
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 BROW_V, EYE_V, NOSE_V, MOUTH_V = -0.2, 0.02, 0.33, 0.55  # heights on the face, chin = 1
@@ -592,11 +592,6 @@ def write_clip(
     ) as w:
         w.write(clip.frames)
     return out_dir / f"{name}.mp4"
-
-
-def load_truth(path: str | Path) -> dict:
-    """Reads a clip's ground-truth JSON."""
-    return json.loads(Path(path).read_text())
 
 
 def make_corpus(

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from emo_jax import interrupt
+from emo_jax.config import AudioConfig
 from emo_jax.errors import InputError
+from emo_jax.files import output_mode
 
-FPS = 25
+FPS = round(AudioConfig.fps)  # the default model's frame rate
 
 
 class CorruptVideoError(InputError):
@@ -68,7 +71,13 @@ def probe(path: str | Path) -> VideoInfo:
     except InputError:
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"{path}: not a readable video ({type(e).__name__})") from None
+        raise unreadable(path, e) from None
+
+
+def unreadable(path: Path, e: Exception) -> InputError:
+    """The error for a file FFmpeg cannot open as a video, with FFmpeg's reason in words."""
+    reason = getattr(e, "strerror", None) or type(e).__name__
+    return InputError(f"{path}: not readable as a video (FFmpeg: {reason})")
 
 
 def _decoded(path: Path, size: tuple[int, int] | None) -> Iterator[tuple[float, float, np.ndarray]]:
@@ -78,7 +87,7 @@ def _decoded(path: Path, size: tuple[int, int] | None) -> Iterator[tuple[float, 
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"{path}: not a readable video ({type(e).__name__})") from None
+        raise unreadable(path, e) from None
     with container:
         if not container.streams.video:
             raise InputError(f"{path}: has no video track")
@@ -95,8 +104,9 @@ def _decoded(path: Path, size: tuple[int, int] | None) -> Iterator[tuple[float, 
             except StopIteration:
                 return
             except (av.error.FFmpegError, ValueError) as e:
+                reason = getattr(e, "strerror", None) or type(e).__name__
                 raise CorruptVideoError(
-                    f"{path}: corrupt data after frame {count} ({type(e).__name__})", count
+                    f"{path}: corrupt data after frame {count} (FFmpeg: {reason})", count
                 ) from None
             for frame in frames:
                 if frame.is_corrupt:
@@ -136,8 +146,9 @@ def iter_frames(
 
 class VideoWriter:
     """Streaming mp4 writer: H.264 video written clip by clip, the audio (if given) muxed as AAC
-    in step with the frames. The file appears at `path` only on close() (atomic rename); on an
-    error inside a `with` block nothing is left behind."""
+    in step with the frames. The file appears at `path` only on close() (atomic rename), with
+    the mode open() would give (or the replaced file's); on an error inside a `with` block, or a
+    stop (`emo_jax.interrupt`), nothing is left behind."""
 
     def __init__(
         self,
@@ -158,6 +169,8 @@ class VideoWriter:
         )
         os.close(fd)
         self._tmp = Path(tmp)
+        interrupt.register(self._tmp)
+        os.chmod(self._tmp, output_mode(self.path))
         self.fps = fps
         self.frames_written = 0
         self._audio = None if audio is None else np.asarray(audio, np.float32).reshape(-1)
@@ -229,6 +242,7 @@ class VideoWriter:
         self._container.close()
         self._container = None
         os.replace(self._tmp, self.path)
+        interrupt.unregister(self._tmp)
         return self.path
 
     def abort(self) -> None:
@@ -240,6 +254,7 @@ class VideoWriter:
                 pass
             self._container = None
         self._tmp.unlink(missing_ok=True)
+        interrupt.unregister(self._tmp)
 
     def __enter__(self) -> VideoWriter:
         return self

@@ -16,12 +16,15 @@ reference image repeated (a control that cannot follow the audio). Metrics
 (`emo_jax.eval.metrics`):
 
 - lip sync: Pearson of the mouth measure (`emo_jax.eval.mouth`, faces tracked by the Haar
-  cascade) with the clip's true opening, averaged over clips;
+  cascade) with the clip's true opening, averaged over clips. Pearson of a constant series is
+  undefined (None in the JSON, "undefined" in the table): the reference repeated's always; in
+  the mean a clip whose mouth does not move counts 0 (it follows nothing), and the mean is
+  undefined only when every clip's is;
 - lip sync, shuffled audio: the same measure against the true opening of another clip (the
   next one, cyclically): what lip sync reads when the video follows the wrong audio;
 - identity: PSNR and SSIM of the face outside the mouth against the ground-truth frames;
 - head speed: frames pooled over clips into buckets of requested speed (the model's speed
-  centres); Spearman of the bucket centres with the mean measured speed (`data.pose.FlowPose`);
+  centres); Spearman of the bucket centres with the mean measured speed (`faces.pose.FlowPose`);
 - seams: mean frame-to-frame change into the first frame of each generated clip (f, 2f, ...)
   over the mean change within clips, pooled over clips (1: seamless).
 """
@@ -177,6 +180,14 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+def _correlation_mean(values: list[float]) -> float:
+    """Mean over clips of a correlation: an undefined clip (NaN: a constant series) counts 0;
+    NaN when every clip's is undefined."""
+    if all(math.isnan(v) for v in values):
+        return math.nan
+    return float(np.mean([0.0 if math.isnan(v) else v for v in values]))
+
+
 def evaluate(
     pipe: Any,
     paths: list[Path],
@@ -242,8 +253,8 @@ def evaluate(
             centers,
         )
         summary[video] = {
-            "lip_sync": _mean(own),
-            "lip_sync_shuffled": _mean(shuffled) if len(paths) > 1 else math.nan,
+            "lip_sync": _correlation_mean(own),
+            "lip_sync_shuffled": _correlation_mean(shuffled) if len(paths) > 1 else math.nan,
             "identity_psnr": _mean([row[video].get("psnr", math.nan) for row in per_clip]),
             "identity_ssim": _mean([row[video].get("ssim", math.nan) for row in per_clip]),
             "head_speed_spearman": speeds["spearman"],
@@ -280,25 +291,25 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-TABLE_ROWS = (  # (label, metric key, format)
-    ("lip sync (Pearson)", "lip_sync", "{:.3f}"),
-    ("lip sync, shuffled audio", "lip_sync_shuffled", "{:.3f}"),
-    ("identity PSNR (dB)", "identity_psnr", "{:.2f}"),
-    ("identity SSIM", "identity_ssim", "{:.3f}"),
-    ("head speed (Spearman)", "head_speed_spearman", "{:.3f}"),
-    ("seams (boundary / within)", "seam_ratio", "{:.3f}"),
+TABLE_ROWS = (  # (label, metric key, format, what None reads as)
+    ("lip sync (Pearson)", "lip_sync", "{:.3f}", "undefined"),
+    ("lip sync, shuffled audio", "lip_sync_shuffled", "{:.3f}", "undefined"),
+    ("identity PSNR (dB)", "identity_psnr", "{:.2f}", "-"),  # None: infinite (equal frames)
+    ("identity SSIM", "identity_ssim", "{:.3f}", "-"),
+    ("head speed (Spearman)", "head_speed_spearman", "{:.3f}", "undefined"),
+    ("seams (boundary / within)", "seam_ratio", "{:.3f}", "undefined"),
 )
 
 
 def format_table(results: dict) -> str:
     """The results as a plain-text table: metrics x the four videos (`VIDEOS`)."""
     heads = ("generated", "ground truth", "GT autoencoded", "reference repeated")
-    width = max(len(label) for label, _, _ in TABLE_ROWS)
+    width = max(len(row[0]) for row in TABLE_ROWS)
     lines = [f"{'':{width}}  " + "  ".join(f"{h:>18}" for h in heads)]
-    for label, key, fmt in TABLE_ROWS:
+    for label, key, fmt, missing in TABLE_ROWS:
         cells = []
         for video in VIDEOS:
             value = results["metrics"][video].get(key)
-            cells.append(f"{'-' if value is None else fmt.format(value):>18}")
+            cells.append(f"{missing if value is None else fmt.format(value):>18}")
         lines.append(f"{label:{width}}  " + "  ".join(cells))
     return "\n".join(lines)

@@ -10,24 +10,25 @@ import math
 
 import numpy as np
 
-from emo_jax.data.pose import POSE_ESTIMATORS, speeds_from_omegas
 from emo_jax.data.preprocess import POSE_SIDE
 from emo_jax.eval.mouth import lower_face
+from emo_jax.faces.pose import POSE_ESTIMATORS, speeds_from_omegas
 
 MIN_BUCKET_FRAMES = 10  # a speed bucket counts with at least this many frames
 SPEED_RESOLUTION = 1e-3  # degrees per frame: smaller differences are not motion
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation; 0 when either series is constant (a frozen mouth follows nothing)."""
+    """Pearson correlation; NaN (undefined) when either series is constant."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     a, b = a - a.mean(), b - b.mean()
     denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 1e-12 else 0.0
+    return float((a * b).sum() / denom) if denom > 1e-12 else math.nan
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation (ties get their mean rank); NaN for fewer than 2 points."""
+    """Spearman rank correlation (ties get their mean rank); NaN (undefined) for fewer than 2
+    points or a constant series."""
     from scipy.stats import rankdata
 
     if len(a) < 2:
@@ -37,7 +38,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def head_speeds(frames: np.ndarray, boxes: np.ndarray, estimator: str = "flow") -> np.ndarray:
     """Head rotation speed (F,) in degrees per frame of frames (F, H, W, 3) with Haar-convention
-    face boxes (F, 4), measured as preprocessing does (`emo_jax.data.pose`, frames resized to
+    face boxes (F, 4), measured as preprocessing does (`emo_jax.faces.pose`, frames resized to
     POSE_SIDE, median over 3 frames; frame 0 copies frame 1)."""
     import cv2
 
@@ -63,7 +64,7 @@ def speed_buckets(
     """Measured speed per requested-speed bucket (frames go to the nearest centre; buckets with
     fewer than MIN_BUCKET_FRAMES frames are dropped) and the Spearman correlation of the
     buckets' centres with their mean measured speed, rounded to SPEED_RESOLUTION (a still head
-    reads as constant: 0)."""
+    reads as constant: undefined, NaN)."""
     centers_arr = np.asarray(centers, np.float64)
     nearest = np.abs(np.asarray(requested)[:, None] - centers_arr[None]).argmin(axis=1)
     rows = [

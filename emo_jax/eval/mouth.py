@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from emo_jax.data.faces import fill_track, make_detector
+from emo_jax.faces.detect import make_detector
+from emo_jax.faces.track import fill_track
 
 REGION = (0.15, 0.42, 0.85, 0.95)  # x0, y0, x1, y1 as fractions of the face box
 DARK, DARKEST = 0.45, 0.1
@@ -112,7 +113,7 @@ def track_faces(
     frames: np.ndarray, fallback: np.ndarray | None = None, stride: int = TRACK_STRIDE
 ) -> np.ndarray:
     """Haar-cascade face boxes (F, 4): the cascade on every `stride`-th frame, the frames
-    between and any misses interpolated, jitter smoothed (`emo_jax.data.faces.fill_track`);
+    between and any misses interpolated, jitter smoothed (`emo_jax.faces.track.fill_track`);
     `fallback` (4,), a cascade-convention box, for every frame if no face is found at all
     (None: ValueError)."""
     detector = make_detector("haar")

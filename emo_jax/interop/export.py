@@ -181,13 +181,19 @@ def is_export(folder: str | Path) -> bool:
     return (Path(folder) / INDEX).is_file()
 
 
+def export_config(folder: str | Path) -> Config:
+    """The config of an exported folder (its index; no weights read)."""
+    index = read_json(Path(folder) / INDEX)
+    if index.get("format") != FORMAT:
+        raise InputError(f"{Path(folder) / INDEX}: not an emo_jax export index")
+    return from_dict(Config, index["config"], str(Path(folder) / INDEX))
+
+
 def import_model(folder: str | Path) -> tuple[Config, dict]:
     """An exported folder -> (config, {"emo": ..., "vae": ...}), every tensor accounted for."""
     folder = Path(folder)
     index = read_json(folder / INDEX)
-    if index.get("format") != FORMAT:
-        raise InputError(f"{folder / INDEX}: not an emo_jax export index")
-    config = from_dict(Config, index["config"], str(folder / INDEX))
+    config = export_config(folder)
     flat_abstract = flatten_dict(abstract_params(EMOModel(config.model)))
     loaded: dict = {}
     for part in PARTS:

@@ -352,7 +352,7 @@ class EMOTwin(nn.Module):
         keep=None,
     ):
         """latents (B, F, 4, h, w); timesteps (B,); reference (B, 4, h, w); motion (B, n, 4, h, w)
-        or None; audio (B, F, 2m+1, layers, dim); face_mask (B, 8h, 8w); speed (B, F);
+        or None; audio (B, F, 2m+1, layers, dim); face_mask (B, H, W); speed (B, F);
         keep {condition: (B,) bool}. Returns the prediction (B, F, 4, h, w)."""
         keep = keep or {}
         b, f, c, h, w = latents.shape
@@ -387,7 +387,8 @@ class EMOTwin(nn.Module):
 
                 hooks.append(mod.register_forward_hook(hook))
         if self.use_face_locator:
-            mask = face_mask if face_mask is not None else torch.ones(b, 8 * h, 8 * w)
+            down = self.config.model.vae.factor
+            mask = face_mask if face_mask is not None else torch.ones(b, down * h, down * w)
             res = self.face_locator(mask).repeat_interleave(f, 0)
             hooks.append(self.denoising_unet.conv_in.register_forward_hook(lambda m, i, o: o + res))
         if self.use_audio:

@@ -52,6 +52,7 @@ class EMOModel(nn.Module):
             write_reference=True,
             remat=emo.remat,
             dtype=dtype,
+            attention_impl=cfg.attention,
         )
         self.denoising_unet = UNet2DConditionModel(
             cfg.unet if emo.use_audio else dataclasses.replace(cfg.unet, cross_attention_dim=None),
@@ -60,6 +61,7 @@ class EMOModel(nn.Module):
             zero_init_cross_out=True,
             remat=emo.remat,
             dtype=dtype,
+            attention_impl=cfg.attention,
         )
         if emo.use_audio:
             self.audio_proj = AudioProjection(
@@ -117,7 +119,7 @@ class EMOModel(nn.Module):
         keep: dict[str, jax.Array] | None = None,
     ) -> jax.Array:
         """latents (B, F, h, w, 4); timesteps (B,) or scalar; features from `encode_reference`;
-        audio (B, F, 2m+1, layers, dim) per-frame features; face_mask (B, 8h, 8w) in [0, 1];
+        audio (B, F, 2m+1, layers, dim) per-frame features; face_mask (B, H, W) in [0, 1] (pixels);
         speed (B, F) head-rotation speed; keep {condition: (B,) bool} (absent: all kept)."""
         emo = self.config.emo
         b, f, h, w, c = latents.shape
@@ -136,7 +138,8 @@ class EMOModel(nn.Module):
         residual = None
         if emo.use_face_locator:
             if face_mask is None:
-                face_mask = jnp.ones((b, 8 * h, 8 * w), jnp.float32)
+                down = self.config.vae.factor  # mask pixels per latent
+                face_mask = jnp.ones((b, down * h, down * w), jnp.float32)
             residual = jnp.repeat(self.face_locator(face_mask), f, axis=0)  # (B*F, h, w, C0)
         speed_tokens = None
         if emo.use_speed and emo.use_temporal:
@@ -215,7 +218,7 @@ def dummy_inputs(config: ModelConfig, frames: int | None = None, size: int | Non
     f = frames or emo.n_frames
     s = size or 2 ** (len(config.unet.block_out_channels) - 1)
     c = config.unet.in_channels
-    down = 2 ** (len(emo.face_locator_channels) - 1)  # mask pixels per latent
+    down = config.vae.factor  # mask pixels per latent (the face locator's too)
     window, layers, audio_dim = window_shape(audio)
     return (
         jnp.zeros((1, f, s, s, c)),

@@ -155,6 +155,7 @@ class UNetBlock(nn.Module):
     level: int = 0  # Hallo: the region-mask level of this block's resolution
     audio_widths: tuple[int, ...] = ()  # Hallo: per layer, the width its audio module uses
     dtype: Any = jnp.float32
+    attention_impl: str = "xla"
 
     def resnet(self, i: int, x: jax.Array, temb: jax.Array) -> jax.Array:
         cfg = self.cfg
@@ -183,6 +184,7 @@ class UNetBlock(nn.Module):
             write_reference=self.write_reference,
             zero_init_cross_out=self.zero_init_cross_out,
             dtype=self.dtype,
+            attention_impl=self.attention_impl,
             name=name,
         )(x, context, conditions.at(name))
 
@@ -228,6 +230,7 @@ class UNetBlock(nn.Module):
             speed=self.speed,
             norm_per_frame=self.temporal.norm_per_frame,
             dtype=self.dtype,
+            attention_impl=self.attention_impl,
             name=f"motion_modules_{i}",
         )(x, conditions.at(name))
         return x if skip else y
@@ -297,6 +300,7 @@ class UNet2DConditionModel(nn.Module):
     hallo: HalloConfig | None = None
     remat: bool = False
     dtype: Any = jnp.float32
+    attention_impl: str = "xla"  # one of config.ATTENTION
 
     @nn.compact
     def __call__(
@@ -356,6 +360,7 @@ class UNet2DConditionModel(nn.Module):
                 level=level,
                 audio_widths=widths[name],
                 dtype=self.dtype,
+                attention_impl=self.attention_impl,
                 name=name,
             )(x, emb, context, conditions.at(name), skips)
 

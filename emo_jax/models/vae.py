@@ -213,16 +213,7 @@ VAE_FORMAT = pretrained.FolderFormat(
     class_name="AutoencoderKL",
     config_cls=VAEConfig,
     build=lambda cfg, dtype: AutoencoderKL(cfg, dtype=dtype or jnp.float32),
-    dummy_inputs=lambda cfg: (
-        jnp.zeros(
-            (
-                1,
-                2 ** (len(cfg.block_out_channels) - 1),
-                2 ** (len(cfg.block_out_channels) - 1),
-                cfg.in_channels,
-            )
-        ),
-    ),
+    dummy_inputs=lambda cfg: (jnp.zeros((1, cfg.factor, cfg.factor, cfg.in_channels)),),
     weight_stem="diffusion_pytorch_model",
     validate=validate,
 )

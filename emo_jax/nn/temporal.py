@@ -34,6 +34,7 @@ class TemporalTransformer(nn.Module):
     speed: bool = False
     norm_per_frame: bool = False
     dtype: Any = jnp.float32
+    attention_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, conditions: Conditions) -> jax.Array:
@@ -71,6 +72,7 @@ class TemporalTransformer(nn.Module):
                 c // self.heads,
                 max_positions=self.max_positions,
                 dtype=self.dtype,
+                attention_impl=self.attention_impl,
                 name=f"transformer_blocks_{i}",
             )(x)
         if self.speed and speed_tokens is not None:
@@ -81,7 +83,12 @@ class TemporalTransformer(nn.Module):
             # Every position shares its clip's speed tokens: folding positions into the query
             # axis equals repeating the tokens to (B*H*W, F_s, L), without the copies.
             out = Attention(
-                self.heads, c // self.heads, zero_init_out=True, dtype=self.dtype, name="speed_attn"
+                self.heads,
+                c // self.heads,
+                zero_init_out=True,
+                dtype=self.dtype,
+                name="speed_attn",
+                implementation=self.attention_impl,
             )(q, s)
             x = x + out.reshape(b * h * w, num_frames, c)
         x = nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="proj_out")(x)

@@ -86,6 +86,7 @@ class BasicTransformerBlock(nn.Module):
     zero_init_cross_out: bool = False
     max_positions: int | None = None
     dtype: Any = jnp.float32
+    attention_impl: str = "xla"
 
     @nn.compact
     def __call__(
@@ -97,7 +98,12 @@ class BasicTransformerBlock(nn.Module):
         """x (B*F, T, C); reads `references` ({"tokens": (B, S, C)}: this block's twin) and
         `reference_keep` from `conditions`."""
         attn = lambda name, zero=False: Attention(  # noqa: E731
-            self.heads, self.dim_head, zero_init_out=zero, dtype=self.dtype, name=name
+            self.heads,
+            self.dim_head,
+            zero_init_out=zero,
+            dtype=self.dtype,
+            name=name,
+            implementation=self.attention_impl,
         )
         pos = lambda h: h if self.max_positions is None else h + positions(h, self.max_positions)  # noqa: E731
         h = layer_norm(1e-5, self.dtype, "norm1")(x)  # (B*F, T, C)
@@ -149,6 +155,7 @@ class Transformer2DModel(nn.Module):
     write_reference: bool = False
     zero_init_cross_out: bool = False
     dtype: Any = jnp.float32
+    attention_impl: str = "xla"
 
     @nn.compact
     def __call__(
@@ -177,6 +184,7 @@ class Transformer2DModel(nn.Module):
                 write_reference=self.write_reference,
                 zero_init_cross_out=self.zero_init_cross_out,
                 dtype=self.dtype,
+                attention_impl=self.attention_impl,
                 name=name,
             )(x, context, cond.at(name))
         if self.use_linear_projection:

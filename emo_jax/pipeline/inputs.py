@@ -13,7 +13,7 @@ single still box is a little small), 1 inside and 0 outside. A mask file (`--mas
 of the portrait's size, white (>= 128) where the face may move; it gets the portrait's crop.
 
 Head speed: degrees of head rotation per video frame, the unit of the training data
-(`emo_jax.data.pose`; at 25 fps, 1.0 = 25 degrees per second). The paper's useful range for
+(`emo_jax.faces.pose`; at 25 fps, 1.0 = 25 degrees per second). The paper's useful range for
 speech is 0.1-1.0 (singing 1.0-1.3; above 1.5 the motion gets jittery). A curve gives one value
 per second: value i is the speed at i seconds, linearly interpolated at each frame's start
 time and held after the last value. As a file: plain text, one number per line (blank lines
@@ -30,8 +30,9 @@ import cv2
 import numpy as np
 
 from emo_jax.audio.io import load_audio
-from emo_jax.data.faces import make_detector, stable_crop
-from emo_jax.errors import InputError
+from emo_jax.errors import InputError, check_input
+from emo_jax.faces.detect import choose_face, make_detector
+from emo_jax.faces.track import stable_crop
 
 DEFAULT_SPEED = 0.5  # degrees per frame: the middle of the paper's range for speech
 FACE_EXPAND = 1.2
@@ -45,6 +46,7 @@ class Reference:
     mask: np.ndarray  # (R, R) float32 0 / 1: face region
     face_box: np.ndarray | None  # (4,) x0, y0, x1, y1 in `image` pixels (None: not detected)
     crop: tuple[int, int, int]  # x0, y0, side of the square taken from the original image
+    notice: str | None = None  # e.g. several faces were found and the largest was used
 
 
 def _describe(x: Any, kind: str) -> str:
@@ -53,16 +55,14 @@ def _describe(x: Any, kind: str) -> str:
 
 def read_image(image: Any, kind: str = "image") -> np.ndarray:
     """A path, PIL image or uint8 array (H, W), (H, W, 3) or (H, W, 4) -> RGB uint8 (H, W, 3)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     name = _describe(image, kind)
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise InputError(f"{path}: {kind} file not found")
+        path = check_input(image, f"{kind} file")
         try:
             with Image.open(path) as im:
-                image = im.convert("RGB")
+                image = ImageOps.exif_transpose(im).convert("RGB")
         except (UnidentifiedImageError, OSError, ValueError) as e:
             reason = "unknown format" if isinstance(e, UnidentifiedImageError) else type(e).__name__
             raise InputError(f"{path}: not a readable image ({reason})") from None
@@ -126,19 +126,19 @@ def prepare_reference(
     crop_scale: float = 2.0,
     face_expand: float = FACE_EXPAND,
     mask: Any = None,
-    detector: str = "haar",
+    detector: str = "auto",
+    face: int | None = None,
 ) -> Reference:
     """Crops and resizes the portrait and makes the face-region mask (see the module doc)."""
     name = _describe(image, "image")
     rgb = read_image(image)
     height, width = rgb.shape[:2]
     user_mask = None if mask is None else read_mask(mask, height, width)
-    box = make_detector(detector)(rgb)
-    if box is None and user_mask is None:
-        raise InputError(
-            f"{name}: no face found in the portrait (use a frontal face photo, or give the "
-            "face region with --mask FILE / mask=...)"
-        )
+    found = make_detector(detector).detect(rgb)
+    box, notice = None, None
+    if found or user_mask is None or face is not None:
+        chosen, notice = choose_face(found, face, name)
+        box = chosen.box
     if box is None:
         side = min(width, height)
         x0, y0 = (width - side) // 2, (height - side) // 2
@@ -146,15 +146,15 @@ def prepare_reference(
         x0, y0, side = stable_crop(box[None], width, height, crop_scale)
     scale = resolution / side
     out = _resize(rgb[y0 : y0 + side, x0 : x0 + side], resolution)
-    face = None if box is None else np.clip((box - [x0, y0, x0, y0]) * scale, 0, resolution)
+    face_box = None if box is None else np.clip((box - [x0, y0, x0, y0]) * scale, 0, resolution)
     if user_mask is not None:
         patch = user_mask[y0 : y0 + side, x0 : x0 + side].astype(np.uint8)
         region = _resize(patch, resolution, nearest=True).astype(np.float32)
         if not region.any():
             raise InputError(f"{_describe(mask, 'mask')}: the mask lies outside the face crop")
     else:
-        region = box_mask(face, resolution, face_expand)
-    return Reference(out, region, face, (int(x0), int(y0), int(side)))
+        region = box_mask(face_box, resolution, face_expand)
+    return Reference(out, region, face_box, (int(x0), int(y0), int(side)), notice)
 
 
 def to_mono(wave: np.ndarray, name: str = "waveform") -> np.ndarray:
@@ -175,7 +175,7 @@ def to_mono(wave: np.ndarray, name: str = "waveform") -> np.ndarray:
 def read_audio(audio: Any, sample_rate: int | None, target_rate: int) -> tuple[np.ndarray, str]:
     """(mono float32 waveform at `target_rate`, name) from a file or a waveform + its rate."""
     if isinstance(audio, (str, Path)):
-        return load_audio(audio, target_rate), str(audio)
+        return load_audio(check_input(audio, "audio file"), target_rate), str(audio)
     if isinstance(audio, tuple) and len(audio) == 2:
         audio, sample_rate = audio
     if sample_rate is None:
@@ -192,9 +192,7 @@ def read_audio(audio: Any, sample_rate: int | None, target_rate: int) -> tuple[n
 
 def read_speed_curve(path: str | Path) -> np.ndarray:
     """Per-second speeds from a text file: one number per line, `#` comments."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: speed curve file not found")
+    path = check_input(path, "speed curve file")
     values = []
     try:
         lines = path.read_text().splitlines()
@@ -205,9 +203,12 @@ def read_speed_curve(path: str | Path) -> np.ndarray:
         if not text:
             continue
         try:
-            values.append(float(text))
+            value = float(text)
         except ValueError:
             raise InputError(f"{path}:{i}: {text!r} is not a number (one speed per line)") from None
+        if not np.isfinite(value) or value < 0:
+            raise InputError(f"{path}:{i}: {text}: speeds are finite numbers >= 0")
+        values.append(value)
     if not values:
         raise InputError(f"{path}: no speed values (one number per line, one per second)")
     return np.array(values, np.float64)

@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from emo_jax.checkpoint.bundle import is_bundle, load_bundle
+from emo_jax.checkpoint.bundle import is_bundle, load_bundle, load_bundle_config
 from emo_jax.config import Config, load_config
-from emo_jax.errors import InputError
-from emo_jax.interop.export import import_model, is_export
+from emo_jax.errors import InputError, check_input
+from emo_jax.interop.export import export_config, import_model, is_export
 from emo_jax.models import emo
 from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL
 from emo_jax.weights import pretrained
@@ -46,17 +46,21 @@ class RandomWeightsWarning(UserWarning):
 
 @dataclasses.dataclass
 class LoadedModel:
-    """A config with its params {"emo": ..., "vae": ...}; random weights are made on first use."""
+    """A config with its params {"emo": ..., "vae": ...}, read (or, for random weights, made)
+    on first use and checked to fit the config then: the inputs are checked before that."""
 
     config: Config
     source: str  # what was loaded, for messages
     params_: dict | None = None
     random_seed: int | None = None  # set: random weights from this seed
     card: dict | None = None  # the built-in model's card.json (name, trained on, evaluation)
+    read: Callable[[], dict] | None = None  # reads the saved params
 
     @property
     def params(self) -> dict:
-        if self.params_ is None:
+        if self.params_ is None and self.read is not None:
+            self.params_ = check_fit(self.read(), self.config, self.source)
+        elif self.params_ is None:
             self.params_ = random_params(self.config, self.random_seed)
         return self.params_
 
@@ -102,18 +106,16 @@ def _bundle(path: Path, config: Config | None) -> LoadedModel | None:
     """A model bundle; `config` (if given) replaces the bundle's config.yaml."""
     if not is_bundle(path):
         return None
-    saved, params = load_bundle(path)
-    config = config or saved
-    return LoadedModel(config, str(path), check_fit(params, config, str(path)))
+    config = config or load_bundle_config(path)
+    return LoadedModel(config, str(path), read=lambda: load_bundle(path)[1])
 
 
 def _export(path: Path, config: Config | None) -> LoadedModel | None:
     """An exported model folder; `config` (if given) replaces the one in its index."""
     if not is_export(path):
         return None
-    saved, params = import_model(path)
-    config = config or saved
-    return LoadedModel(config, str(path), check_fit(params, config, str(path)))
+    config = config or export_config(path)
+    return LoadedModel(config, str(path), read=lambda: import_model(path)[1])
 
 
 # (path, config or None) -> LoadedModel, or None if the path is not of that kind.
@@ -121,10 +123,8 @@ RESOLVERS: list[Callable[[Path, Config | None], LoadedModel | None]] = [_bundle,
 
 
 def default_config(overrides: list[str] | None = None) -> Config:
-    """The config of the model `generate` uses without --checkpoint."""
+    """The config of the model `generate` uses without --checkpoint (no weights read)."""
     path = DEFAULT_MODEL / "config.yaml" if is_bundle(DEFAULT_MODEL) else TINY_CONFIG
-    if not path.is_file():
-        raise InputError(f"{path}: default config not found (pass --config)")
     return load_config(path, overrides)
 
 
@@ -159,8 +159,7 @@ def resolve_checkpoint(
     if path is None:
         return default_model() if config is None else random_model(config, seed)
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: checkpoint not found")
+    check_input(path, "checkpoint", folder=True)
     for resolve in RESOLVERS:
         loaded = resolve(path, config)
         if loaded is not None:

@@ -15,11 +15,11 @@ video's length (unless the frames are also returned).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import shutil
-import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,21 +27,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from emo_jax.audio.features import AudioFeatures
 from emo_jax.config import Config, apply_overrides, from_dict, load_config, to_dict
 from emo_jax.data.video import VideoWriter
-from emo_jax.errors import InputError
+from emo_jax.errors import InputError, check_output
+from emo_jax.files import atomic_folder
+from emo_jax.interrupt import pause_point
 from emo_jax.pipeline.inputs import (
     DEFAULT_SPEED,
     FACE_EXPAND,
     Reference,
     prepare_reference,
     read_audio,
+    read_speed_curve,
     speed_per_frame,
 )
-from emo_jax.pipeline.loading import LoadedModel, check_fit, resolve_checkpoint
-from emo_jax.pipeline.sampling import VideoFunctions, vae_factor, video_functions
+from emo_jax.pipeline.loading import LoadedModel, resolve_checkpoint
+from emo_jax.pipeline.sampling import VideoFunctions, video_functions
 
 # progress(clip, clips, step, steps): after every denoising step; clip counts from 0, step from 1.
 ProgressFn = Callable[[int, int, int, int], None]
@@ -60,9 +64,10 @@ class Options:
     seed: int = 0
     clip_frames: int | None = None  # f (model.emo.n_frames)
     motion_frames: int | None = None  # n (model.emo.n_motion_frames)
-    resolution: int | None = None  # square side in pixels (default unet.sample_size x 8)
+    resolution: int | None = None  # square side in pixels (default: unet.sample_size latents)
     mask: Any = None  # face-region mask image (path / PIL / array); None: from the detected face
     face_expand: float = FACE_EXPAND  # detected face box enlargement for the mask
+    face: int | None = None  # which detected face (0: the largest); None: the largest, noticed
     crop_scale: float | None = None  # crop side / face size (data.crop_scale)
     decode_chunk: int = 4  # frames per VAE decode call
 
@@ -133,23 +138,15 @@ class EMOPipeline:
         """A model bundle or exported model folder, or None for the built-in default model (see
         `resolve_checkpoint`; with None and a `config`: that config with random weights).
         `config` (a Config or YAML path) replaces the checkpoint's; `overrides` are dotted
-        settings such as "diffusion.sampler=dpmpp_2m"."""
+        settings such as "diffusion.sampler=dpmpp_2m". The params are read on first use
+        (`self.model.params`), after `prepare` has checked the inputs."""
         if isinstance(config, (str, Path)):
             config = load_config(config)
         model = resolve_checkpoint(path, config)
         if overrides:
             data = apply_overrides(to_dict(model.config), overrides)
-            changed = from_dict(Config, data, "overrides")
-            params = model.params_
-            if params is not None and changed.model != model.config.model:
-                params = check_fit(params, changed, model.source)
-            model = dataclasses.replace(model, config=changed, params_=params)
+            model = dataclasses.replace(model, config=from_dict(Config, data, "overrides"))
         return cls(model)
-
-    @classmethod
-    def from_params(cls, config: Config, params: dict, source: str = "params") -> EMOPipeline:
-        """A pipeline over in-memory params {"emo", "vae"} (checked to fit `config`)."""
-        return cls(LoadedModel(config, source, check_fit(params, config, source)))
 
     @property
     def config(self) -> Config:
@@ -176,8 +173,10 @@ class EMOPipeline:
         )
         emo = dataclasses.replace(
             cfg.model.emo,
-            n_frames=o.clip_frames or cfg.model.emo.n_frames,
-            n_motion_frames=o.motion_frames or cfg.model.emo.n_motion_frames,
+            n_frames=cfg.model.emo.n_frames if o.clip_frames is None else o.clip_frames,
+            n_motion_frames=(
+                cfg.model.emo.n_motion_frames if o.motion_frames is None else o.motion_frames
+            ),
         )
         f, n = emo.n_frames, emo.n_motion_frames
         if diffusion.num_inference_steps < 1 or f < 1 or n < 1:
@@ -196,8 +195,10 @@ class EMOPipeline:
     def resolution(self, options: Options) -> int:
         """The square side in pixels: the option, or the UNet's sample size in pixels."""
         model = self.config.model
-        factor = vae_factor(model)
-        side = options.resolution or (model.unet.sample_size or 64) * factor
+        factor = model.vae.factor
+        side = options.resolution
+        if side is None:
+            side = (model.unet.sample_size or 64) * factor
         step = factor * 2 ** (len(model.unet.block_out_channels) - 1)
         if side < step or side % step:
             raise InputError(f"resolution {side}: must be a positive multiple of {step} pixels")
@@ -211,6 +212,9 @@ class EMOPipeline:
         if image is None or audio is None:
             raise InputError("give both an image and an audio")
         config = self.run_config(opts)
+        speed = opts.speed  # a curve file is read first: it is quick to check
+        if isinstance(speed, (str, Path)):
+            speed = read_speed_curve(speed)
         audio_cfg = config.model.audio
         fps = round(audio_cfg.fps)
         if fps != audio_cfg.fps:
@@ -222,12 +226,15 @@ class EMOPipeline:
             opts.face_expand,
             opts.mask,
             config.data.detector,
+            opts.face,
         )
+        if reference.notice:
+            warnings.warn(reference.notice, stacklevel=2)
         wave, name = read_audio(audio, sample_rate, audio_cfg.sample_rate)
 
         features = AudioFeatures(audio_cfg)
         windows = np.concatenate(list(features.iter_windows(features.prepare(wave, name))))
-        speed = speed_per_frame(opts.speed, len(windows), audio_cfg.fps)
+        speed = speed_per_frame(speed, len(windows), audio_cfg.fps)
         return Job(config, opts, reference, wave, windows, speed, fps)
 
     # ------------------------------------------------------------------ generation
@@ -334,32 +341,31 @@ class EMOPipeline:
         return_frames: bool = True,
         progress: ProgressFn | None = None,
     ) -> EMOOutput:
-        """Runs a prepared job. Writes an H.264 mp4 with the audio to `out` and PNG frames to
-        `frames_dir` if given, each whole or not at all; returns the frames if asked."""
+        """Runs a prepared job. Writes an H.264 mp4 with the audio to `out` and PNG frames
+        000000.png, ... to `frames_dir` (new or empty) if given, each whole or not at all;
+        returns the frames if asked."""
+        check_outputs(out, frames_dir)
         start = time.perf_counter()
-        writer = png_dir = None
-        kept = []
-        try:
-            if frames_dir is not None:
-                png_dir = _PngDir(Path(frames_dir))
+        kept, count = [], 0
+        with contextlib.ExitStack() as outputs:  # on leaving: the mp4, then the frames in place
+            png_dir = (
+                None if frames_dir is None else outputs.enter_context(atomic_folder(frames_dir))
+            )
+            writer = None
             if out is not None:
                 rate = job.config.model.audio.sample_rate
                 writer = VideoWriter(out, job.fps, job.wave, rate, preset="medium")
+                outputs.enter_context(writer)
             for clip in self.iter_clips(job, progress):
                 if writer is not None:
                     writer.write(clip.frames)
-                if png_dir is not None:
-                    png_dir.write(clip.frames)
+                for frame in clip.frames if png_dir is not None else ():
+                    Image.fromarray(frame).save(png_dir / f"{count:06d}.png")
+                    count += 1
                 if return_frames:
                     kept.append(clip.frames)
-            path = writer.close() if writer is not None else None
-            frames_path = png_dir.close() if png_dir is not None else None
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            if png_dir is not None:
-                png_dir.abort()
-            raise
+                pause_point("sample")  # (after a clip: its frames are in the partial outputs)
+            pause_point("write")
         return EMOOutput(
             frames=np.concatenate(kept) if return_frames else None,
             num_frames=job.num_frames,
@@ -367,35 +373,16 @@ class EMOPipeline:
             audio=job.wave,
             sample_rate=job.config.model.audio.sample_rate,
             reference=job.reference,
-            path=path,
-            frames_dir=frames_path,
+            path=None if out is None else Path(out),
+            frames_dir=None if frames_dir is None else Path(frames_dir),
             seconds=time.perf_counter() - start,
         )
 
 
-class _PngDir:
-    """PNG frames 000000.png, ... written to a temporary folder, renamed into place at the end."""
-
-    def __init__(self, path: Path):
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise InputError(f"{path}: the frames folder exists and is not empty")
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        self.count = 0
-
-    def write(self, frames: np.ndarray) -> None:
-        from PIL import Image
-
-        for frame in frames:
-            Image.fromarray(frame).save(self.tmp / f"{self.count:06d}.png")
-            self.count += 1
-
-    def close(self) -> Path:
-        if self.path.exists():
-            self.path.rmdir()
-        self.tmp.rename(self.path)
-        return self.path
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+def check_outputs(out: str | Path | None, frames_dir: str | Path | None) -> None:
+    """InputError, before any work, if the mp4 or the frames folder (new or empty) cannot be
+    written."""
+    if out is not None:
+        check_output(out)
+    if frames_dir is not None and any(check_output(frames_dir, folder=True).glob("*")):
+        raise InputError(f"{frames_dir}: the frames folder exists and is not empty")

@@ -32,11 +32,6 @@ from emo_jax.models.emo import EMOModel, encode_reference
 from emo_jax.models.vae import AutoencoderKL, decode_images, encode_images
 
 
-def vae_factor(config: ModelConfig) -> int:
-    """Pixels per latent along each axis (8 for the SD VAE)."""
-    return 2 ** (len(config.vae.block_out_channels) - 1)
-
-
 def _tile(tree: Any, times: int) -> Any:
     """Every leaf repeated `times` along the batch axis, pass-major (as `guided` stacks rows)."""
     return jax.tree_util.tree_map(lambda x: jnp.concatenate([x] * times, axis=0), tree)
@@ -48,7 +43,7 @@ class VideoFunctions:
     def __init__(self, model_config: ModelConfig, diffusion: DiffusionConfig):
         self.model = EMOModel(model_config)
         self.vae = AutoencoderKL(model_config.vae)
-        self.factor = vae_factor(model_config)
+        self.factor = model_config.vae.factor
         self.guidance = Guidance.from_config(diffusion)
         self.sampler = make_sampler(diffusion)
         self.on_step: Callable[[], None] | None = None

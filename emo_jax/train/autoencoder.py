@@ -15,40 +15,25 @@ fine-tune). `train.face_weight` weighs the L1 inside the face mask by 1 + face_w
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from tqdm import tqdm
 
-from emo_jax.checkpoint.manager import Checkpoints
 from emo_jax.config import Config, ConfigError
 from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL, sample_latent
 from emo_jax.parallel.mesh import make_mesh
-from emo_jax.parallel.sharding import (
-    batch_shardings,
-    replicated,
-    tree_shardings,
-    with_shardings,
-)
-from emo_jax.train.data import BatchStream, batch_abstract, fixed_batches, global_batch
-from emo_jax.train.metrics import MetricsLog, batch_digest
-from emo_jax.train.optimizer import guarded_update, learning_rate, make_optimizer
+from emo_jax.train.data import global_batch
+from emo_jax.train.loop import Stage, run
+from emo_jax.train.optimizer import make_optimizer
+from emo_jax.train.setup import compile_stage
+from emo_jax.train.stages import merge, partition
+from emo_jax.train.step import init_state
 from emo_jax.weights import pretrained
 
-
-@flax.struct.dataclass
-class AutoencoderState:
-    step: jax.Array  # () int32
-    params: Any
-    opt_state: Any
-    rng: jax.Array  # (2,) uint32
-    skipped: jax.Array  # () int32
+OWNER = {"encoder": "encoder", "quant_conv": "encoder"}  # else "decoder" (+ post_quant_conv)
 
 
 def images_of(batch: dict) -> jax.Array:
@@ -68,21 +53,18 @@ def pixel_weights(batch: dict, face_weight: float) -> jax.Array:
     return (1.0 + face_weight * mask)[..., None]
 
 
-def trainable_mask(params: Any, parts: tuple[str, ...]) -> Any:
-    """True on the leaves of the trained parts ("encoder": encoder + quant_conv, "decoder":
-    decoder + post_quant_conv)."""
-    owner = {"encoder": "encoder", "quant_conv": "encoder"}
-
-    def flags(tree: Any, on: bool) -> Any:
-        return jax.tree_util.tree_map(lambda _: on, tree)
-
-    return {name: flags(tree, owner.get(name, "decoder") in parts) for name, tree in params.items()}
+def split_parts(params: Any, parts: tuple[str, ...]) -> tuple[dict, dict]:
+    """(trainable, frozen) halves of VAE params: the trained parts ("encoder": encoder +
+    quant_conv, "decoder": decoder + post_quant_conv) and the rest."""
+    return partition(params, lambda path: OWNER.get(path[0], "decoder") in parts)
 
 
 def make_loss_fn(vae: AutoencoderKL, kl_weight: float, face_weight: float = 0.0):
-    """loss(params, batch, key) -> (total, (l1, kl)); l1 is weighted by `pixel_weights`."""
+    """loss(trainable, frozen, inputs, batch, key) -> (total, {"l1", "kl"}); l1 is weighted by
+    `pixel_weights`; `inputs` is unused (stage 0 has no fixed inputs)."""
 
-    def loss_fn(params, batch, key):
+    def loss_fn(trainable, frozen, inputs, batch, key):
+        params = merge(trainable, frozen)
         x = images_of(batch)
         mean, logvar = vae.apply({"params": params}, x, method=AutoencoderKL.encode)
         z = sample_latent(mean, logvar, key)
@@ -90,49 +72,9 @@ def make_loss_fn(vae: AutoencoderKL, kl_weight: float, face_weight: float = 0.0)
         w = pixel_weights(batch, face_weight)
         l1 = jnp.mean(w * jnp.abs(y.astype(jnp.float32) - x)) / jnp.mean(w)
         kl = 0.5 * jnp.mean(jnp.sum(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=-1))
-        return l1 + kl_weight * kl, (l1, kl)
+        return l1 + kl_weight * kl, {"l1": l1, "kl": kl}
 
     return loss_fn
-
-
-def make_step(vae: AutoencoderKL, optimizer: optax.GradientTransformation, cfg: Config):
-    t = cfg.train
-    loss_fn = make_loss_fn(vae, t.kl_weight, t.face_weight)
-
-    def frozen_aware(params, batch, key):  # no gradient (nor its work) for frozen parts
-        mask = trainable_mask(params, t.vae_trainable)
-        held = jax.tree_util.tree_map(
-            lambda p, m: p if m else jax.lax.stop_gradient(p), params, mask
-        )
-        return loss_fn(held, batch, key)
-
-    grad_fn = jax.value_and_grad(frozen_aware, has_aux=True)
-    schedule = learning_rate(cfg.train)
-
-    def step(state: AutoencoderState, batch: dict):
-        rng, key = jax.random.split(state.rng)
-        (value, (l1, kl)), grads = grad_fn(state.params, batch, key)
-        params, opt_state, grad_norm, ok = guarded_update(
-            optimizer, grads, state.opt_state, state.params, value
-        )
-        new = AutoencoderState(
-            step=state.step + 1,
-            params=params,
-            opt_state=opt_state,
-            rng=rng,
-            skipped=state.skipped + (~ok).astype(jnp.int32),
-        )
-        metrics = {
-            "loss": value,
-            "l1": l1,
-            "kl": kl,
-            "grad_norm": grad_norm,
-            "lr": schedule(state.step),
-            "ok": ok,
-        }
-        return new, metrics
-
-    return step
 
 
 def validate(cfg: Config) -> None:
@@ -153,10 +95,6 @@ def train_autoencoder(cfg: Config, progress: bool = True) -> dict:
     """Runs (or resumes) the autoencoder stage; writes RUN/vae at the end."""
     validate(cfg)
     t = cfg.train
-    out = Path(t.out_dir)
-    lead = jax.process_index() == 0
-    say = tqdm.write if lead else (lambda *_: None)
-    mesh = make_mesh(cfg.parallel)
     vae = AutoencoderKL(cfg.model.vae)
     start_params = None
     if t.init_from:
@@ -165,76 +103,47 @@ def train_autoencoder(cfg: Config, progress: bool = True) -> dict:
             cfg.model.vae, scaling_factor=None
         ):
             raise ConfigError(f"train.init_from {t.init_from}: not the model.vae architecture")
-    optimizer = optax.masked(make_optimizer(t), lambda p: trainable_mask(p, t.vae_trainable))
-    abstract_params = pretrained.abstract_params(vae, VAE_FORMAT, vae.config)
-    init = functools.partial(
-        _init_state, vae=vae, optimizer=optimizer, seed=t.seed, params=start_params
+    loss_fn = make_loss_fn(vae, t.kl_weight, t.face_weight)
+    setup = compile_stage(
+        cfg,
+        make_mesh(cfg.parallel),
+        vae,
+        pretrained.abstract_params(vae, VAE_FORMAT, vae.config),
+        lambda p: split_parts(p, t.vae_trainable),
+        {},
+        loss_fn,
+        lambda *args: loss_fn(*args)[1]["l1"],
+        make_optimizer(t),
     )
-    abstract_state = jax.eval_shape(init)
-    state_sh = tree_shardings(abstract_state, mesh, cfg.parallel.fsdp_min_size)
-    batch_sh = batch_shardings(batch_abstract(cfg, cfg.data.batch_size), mesh)
-    step_fn = jax.jit(
-        make_step(vae, optimizer, cfg),
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, replicated(mesh)),
-        donate_argnums=(0,),
-    )
-    data = BatchStream(cfg)
-    ckpts = Checkpoints(out / "checkpoints", t.keep_checkpoints)
-    start = ckpts.latest_step()
-    if start is not None:
-        target = {"state": with_shardings(abstract_state, state_sh)}
-        state = ckpts.restore(start, target, data if start < t.steps else None)
-        state = state["state"]
-        say(f"resumed from {ckpts.directory}/{start}")
-    else:
-        start = 0
-        state = jax.jit(init, out_shardings=state_sh)()
-        source = t.init_from or f"fresh (seed {t.seed})"
-        say(f"autoencoder from {source}: {_count(abstract_params):,} params")
+    state_sh, _, _, batch_sh = setup.shardings
+
+    def start(say):
+        if start_params is None:
+            key = jax.random.key(t.seed, impl="unsafe_rbg")
+            init = lambda: pretrained.init_params(vae, VAE_FORMAT, vae.config, key)  # noqa: E731
+            params = jax.jit(init, out_shardings=setup.param_shardings)()
+        else:
+            params = jax.device_put(start_params, setup.param_shardings)
+        say(
+            f"autoencoder from {t.init_from or f'fresh (seed {t.seed})'}: {_count(params):,} params"
+        )
         say(f"training {' and '.join(t.vae_trainable)}")
-    eval_batches = fixed_batches(cfg, batch_sh)
-    eval_fn = jax.jit(make_loss_fn(vae, t.kl_weight, t.face_weight))
+        trainable, frozen = split_parts(params, t.vae_trainable)
+        state = jax.jit(lambda p: init_state(p, setup.optimizer, t), out_shardings=state_sh)
+        return state(trainable), frozen
 
-    def evaluate(params) -> float:
-        values = [
-            eval_fn(params, b, jax.random.PRNGKey(i))[1][0] for i, b in enumerate(eval_batches)
-        ]
-        return float(np.mean(jax.device_get(values)))
+    def finish(state, frozen, batches, data, say) -> dict:
+        params = jax.device_get(merge(state.ema or state.params, frozen))
+        config = vae.config  # a frozen encoder keeps the latent space and its scale
+        if "encoder" in t.vae_trainable:
+            std = latent_std(vae, params, batches or [global_batch(next(data), batch_sh)])
+            config = dataclasses.replace(config, scaling_factor=round(1.0 / std, 5))
+        if jax.process_index() == 0:
+            AutoencoderKL.save_pretrained(params, config, Path(t.out_dir) / "vae")
+            say(f"autoencoder: {Path(t.out_dir) / 'vae'} (scaling_factor {config.scaling_factor})")
+        return {"scaling_factor": config.scaling_factor}
 
-    log = MetricsLog(out, t.log_every, cfg.data.batch_size, say)
-    if eval_batches and start < t.steps:
-        log.eval(start, evaluate(state.params))
-    bar = tqdm(total=t.steps, initial=start, disable=not (progress and lead), unit="step")
-    step = start
-    losses: dict[int, float] = {}
-    while step < t.steps:
-        local = next(data)
-        state, metrics = step_fn(state, global_batch(local, batch_sh))
-        step += 1
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        losses[step] = metrics["loss"]
-        log.record(step, metrics, batch_digest(local))
-        bar.update(1)
-        bar.set_postfix(l1=f"{metrics['l1']:.4f}")
-        if step % t.checkpoint_every == 0 or step == t.steps:
-            score = evaluate(state.params) if eval_batches else None
-            if score is not None:
-                log.eval(step, score)
-            ckpts.save(step, {"state": state}, data, score)
-    bar.close()
-    ckpts.wait()
-    ckpts.close()
-    log.close()
-    params = jax.device_get(state.params)
-    config = vae.config  # a frozen encoder keeps the latent space and its scale
-    if "encoder" in t.vae_trainable:
-        std = latent_std(vae, params, eval_batches or [global_batch(next(data), batch_sh)])
-        config = dataclasses.replace(config, scaling_factor=round(1.0 / std, 5))
-    if lead:
-        AutoencoderKL.save_pretrained(params, config, out / "vae")
-        say(f"autoencoder: {out / 'vae'} (scaling_factor {config.scaling_factor})")
-    return {"start": start, "end": step, "losses": losses, "scaling_factor": config.scaling_factor}
+    return run(cfg, Stage(setup, {}, start, finish), progress)
 
 
 def latent_std(vae: AutoencoderKL, params: Any, batches: list[dict]) -> float:
@@ -244,19 +153,6 @@ def latent_std(vae: AutoencoderKL, params: Any, batches: list[dict]) -> float:
     )
     z = np.concatenate([np.asarray(encode(params, b)).ravel() for b in batches])
     return float(z.std())
-
-
-def _init_state(vae: AutoencoderKL, optimizer, seed: int, params: Any = None) -> AutoencoderState:
-    if params is None:
-        key = jax.random.key(seed, impl="unsafe_rbg")
-        params = pretrained.init_params(vae, VAE_FORMAT, vae.config, key)
-    return AutoencoderState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=optimizer.init(params),
-        rng=jax.random.PRNGKey(seed),
-        skipped=jnp.zeros((), jnp.int32),
-    )
 
 
 def _count(tree: Any) -> int:

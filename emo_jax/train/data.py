@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from emo_jax.audio.features import AudioFeatures, SilentAudioWarning
-from emo_jax.config import Config, ConfigError, DataConfig
+from emo_jax.config import Config, ConfigError, clip_spec
 from emo_jax.data.pipeline import make_loader
 from emo_jax.models.emo import audio_feature_shape
 
@@ -28,8 +28,9 @@ class AudioWindows:
     F target frames (their windows see real audio on both sides)."""
 
     def __init__(self, cfg: Config):
+        clip = clip_spec(cfg.model)
         self.features = AudioFeatures(cfg.model.audio)
-        self.m, self.f = cfg.data.audio_context, cfg.data.n_frames
+        self.m, self.f = clip.audio_context, clip.n_frames
 
     def __call__(self, waves: np.ndarray) -> np.ndarray:
         out = []
@@ -55,7 +56,7 @@ class BatchStream:
                 f"parallel.data_shards {shards} is not a multiple of the {process_count} processes"
             )
         per = shards // process_count
-        self.loaders = [make_loader(cfg.data, process_index * per + i, shards) for i in range(per)]
+        self.loaders = [make_loader(cfg, process_index * per + i, shards) for i in range(per)]
         self.iterators = [iter(loader) for loader in self.loaders]
         use_audio = cfg.data.mode == "video" and cfg.model.emo.use_audio
         self.audio = AudioWindows(cfg) if use_audio else None
@@ -99,33 +100,34 @@ def global_batch(local: dict[str, np.ndarray], shardings: dict[str, NamedShardin
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
 
 
-def eval_data(cfg: Config) -> DataConfig:
-    """The evaluation data: `train.eval_shards` (else the training corpus) with data seed + 1,
-    not augmented."""
+def eval_data(cfg: Config) -> Config:
+    """`cfg` with the evaluation data: `train.eval_shards` (else the training corpus) with data
+    seed + 1, not augmented."""
     shards = cfg.train.eval_shards or cfg.data.shards
-    return dataclasses.replace(cfg.data, shards=shards, seed=cfg.data.seed + 1, hue_augment=0.0)
+    data = dataclasses.replace(cfg.data, shards=shards, seed=cfg.data.seed + 1, hue_augment=0.0)
+    return dataclasses.replace(cfg, data=data)
 
 
 def fixed_batches(cfg: Config, shardings: dict[str, NamedSharding]) -> list[dict]:
     """`train.eval_batches` global batches drawn once from `eval_data`."""
-    stream = BatchStream(dataclasses.replace(cfg, data=eval_data(cfg)))
+    stream = BatchStream(eval_data(cfg))
     return [global_batch(next(stream), shardings) for _ in range(cfg.train.eval_batches)]
 
 
 def batch_abstract(cfg: Config, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes of a model-ready batch of `rows` examples (for compiling without data)."""
-    d, emo = cfg.data, cfg.model.emo
+    d, emo, clip = cfg.data, cfg.model.emo, clip_spec(cfg.model)
     s = d.resolution
-    f = d.n_frames if d.mode == "video" else 1
+    f = clip.n_frames if d.mode == "video" else 1
     spec: dict[str, Any] = {
         "frames": ((rows, f, s, s, 3), np.uint8),
         "reference": ((rows, s, s, 3), np.uint8),
         "mask": ((rows, s, s), np.float32),
     }
     if d.mode == "video":
-        spec["motion_frames"] = ((rows, d.n_motion_frames, s, s, 3), np.uint8)
+        spec["motion_frames"] = ((rows, clip.n_motion_frames, s, s, 3), np.uint8)
         spec["speed"] = ((rows, f), np.float32)
         if emo.use_audio:
             layers, dim = audio_feature_shape(cfg.model.audio)
-            spec["audio"] = ((rows, f, 2 * d.audio_context + 1, layers, dim), np.float32)
+            spec["audio"] = ((rows, f, 2 * clip.audio_context + 1, layers, dim), np.float32)
     return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}

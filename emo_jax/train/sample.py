@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emo_jax.config import Config
+from emo_jax.config import Config, clip_spec
 from emo_jax.data.pipeline import make_loader
 from emo_jax.data.video import VideoWriter
 from emo_jax.diffusion import Guidance, guided, make_sampler, sample
@@ -19,20 +19,19 @@ from emo_jax.models.emo import EMOModel, encode_reference
 from emo_jax.models.vae import AutoencoderKL, decode_images
 from emo_jax.parallel.sharding import replicated
 from emo_jax.train.data import AudioWindows, prepare
-from emo_jax.train.step import batch_latents
+from emo_jax.train.emo_loss import batch_latents
 
 
 def validation_example(cfg: Config) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """The first clip of the corpus in index order (batch of 1, model-ready) and the raw audio
     of its target frames (None in image mode); the same on every process."""
     data = dataclasses.replace(cfg.data, shuffle=False, batch_size=1, worker_count=0, seed=0)
-    raw = next(iter(make_loader(data, 0, 1)))
+    raw = next(iter(make_loader(dataclasses.replace(cfg, data=data), 0, 1)))
     wave = None
     if "audio" in raw:
-        spf = data.sample_rate // data.fps
-        wave = raw["audio"][
-            0, data.audio_context * spf : (data.audio_context + data.n_frames) * spf
-        ]
+        clip = clip_spec(cfg.model)
+        m, spf = clip.audio_context, clip.samples_per_frame
+        wave = raw["audio"][0, m * spf : (m + clip.n_frames) * spf]
     use_audio = data.mode == "video" and cfg.model.emo.use_audio
     return prepare(raw, AudioWindows(cfg) if use_audio else None), wave
 
@@ -75,6 +74,7 @@ class SampleVideos:
         )
         video = np.concatenate([frames, self.example["frames"][0]], axis=2)
         if jax.process_index() == 0:
-            with VideoWriter(path, self.cfg.data.fps, self.wave, self.cfg.data.sample_rate) as w:
+            clip = clip_spec(self.cfg.model)
+            with VideoWriter(path, clip.fps, self.wave, clip.sample_rate) as w:
                 w.write(video)
         return video

@@ -7,18 +7,20 @@ train step differentiates the trainable half only, and only it has optimizer sta
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from emo_jax.config import Config, ConfigError
+from emo_jax.config import Config, ConfigError, clip_spec
 from emo_jax.models.inventory import COMPONENTS, component_of, emo_counts
 
 
 def validate(cfg: Config, abstract_params: Any) -> None:
     """Checks that the stage's trainable components exist and that data and model agree."""
     t, d, emo = cfg.train, cfg.data, cfg.model.emo
+    clip_spec(cfg.model)  # training data need a whole frame rate
     unknown = [c for c in t.trainable if c not in COMPONENTS]
     if unknown:
         raise ConfigError(f"train.trainable: unknown {unknown} (known: {', '.join(COMPONENTS)})")
@@ -35,30 +37,25 @@ def validate(cfg: Config, abstract_params: Any) -> None:
         raise ConfigError(
             f"data.mode {d.mode!r} does not fit model.emo.use_temporal={video} (video needs it)"
         )
-    if video and (d.n_frames, d.n_motion_frames) != (emo.n_frames, emo.n_motion_frames):
-        raise ConfigError(
-            f"data (n_frames {d.n_frames}, n_motion_frames {d.n_motion_frames}) differs from "
-            f"model.emo ({emo.n_frames}, {emo.n_motion_frames})"
-        )
-    if emo.use_audio and d.audio_context != cfg.model.audio.window:
-        raise ConfigError(
-            f"data.audio_context {d.audio_context} differs from model.audio.window "
-            f"{cfg.model.audio.window}"
-        )
-    if d.fps != cfg.model.audio.fps or d.sample_rate != cfg.model.audio.sample_rate:
-        raise ConfigError("data.fps / data.sample_rate differ from model.audio's")
     if t.grad_accum < 1 or d.batch_size % t.grad_accum:
         raise ConfigError(
             f"train.grad_accum {t.grad_accum} does not divide data.batch_size {d.batch_size}"
         )
 
 
-def split(params: Any, trainable: tuple[str, ...]) -> tuple[dict, dict]:
-    """(trainable, frozen) halves of an EMO param tree."""
+def partition(params: Any, trains: Callable[[tuple[str, ...]], bool]) -> tuple[dict, dict]:
+    """(trainable, frozen) halves of a param tree: the leaves whose path `trains`, the rest.
+    The one way a stage freezes params: the step differentiates, and the optimizer holds
+    state for, the trainable half only."""
     flat = flatten_dict(params)
-    train = {p: v for p, v in flat.items() if component_of(p) in trainable}
+    train = {p: v for p, v in flat.items() if trains(p)}
     frozen = {p: v for p, v in flat.items() if p not in train}
     return unflatten_dict(train), unflatten_dict(frozen)
+
+
+def split(params: Any, trainable: tuple[str, ...]) -> tuple[dict, dict]:
+    """(trainable, frozen) halves of an EMO param tree by component."""
+    return partition(params, lambda path: component_of(path) in trainable)
 
 
 def merge(*trees: Any) -> dict:
