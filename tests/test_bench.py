@@ -22,6 +22,7 @@ QUICK = {
     "bench_convert.py": (["--emo"], r"EMO round trip bit-exact: True"),
     "bench_data.py": ([], r"32 +image +0 +0\.00 +\d"),
     "bench_eval.py": ([], r"lip sync \(Pearson\) .* undefined"),
+    "bench_faces.py": (["--images", "1"], r'"haar": [\d.]+'),
     "bench_generate.py": ([], r"one guided step of a clip"),
     "bench_train.py": (["all"], r"peak \(compiled step\) +\d"),
     "bench_attention.py": ([], r"attention +forward temp MiB"),
