@@ -26,7 +26,6 @@ QUICK = {
     "bench_generate.py": ([], r"one guided step of a clip"),
     "bench_train.py": (["all"], r"peak \(compiled step\) +\d"),
     "bench_attention.py": ([], r"attention +forward temp MiB"),
-    "bench_faces.py": ([], r"^\{"),
 }
 WITHOUT_QUICK = {  # script -> why, and what runs it instead
     "bench_recipe.py": "reads a finished recipe run: test_recipe_table_of_a_finished_run",
