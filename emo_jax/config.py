@@ -194,7 +194,9 @@ def select_stage(data: dict, stage: Any, where: str) -> dict:
         raise ConfigError(f"{where}: stages: expected a mapping of stage number -> settings")
     known = ", ".join(str(k) for k in sorted(stages))
     if stage is None:
-        raise ConfigError(f"{where}: a stage file (stages {known}): pick one with --stage N")
+        raise ConfigError(
+            f"{where}: a stage file (stages {known}): pick one with --stage N (train.stage=N)"
+        )
     if stage not in stages:
         raise ConfigError(f"{where}: no stage {stage!r} (stages {known})")
     paths: dict[str, str] = {}
@@ -463,6 +465,8 @@ class HalloConfig:
     audio_blocks: tuple[str, ...] = ("up", "down", "mid")  # audio modules with 3 region
     audio_depths: tuple[int, ...] = (0, 1, 2, 3)  # cross-attentions (else one plain one)
     face_locator_in_channels: int = 3  # the face-region image (RGB)
+    audio_layers: int = 12  # wav2vec2 hidden states per frame the audio projection takes
+    audio_width: int = 768  # and their width (wav2vec2-base-960h)
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # pose (full), face, lip weights
     face_expand_ratio: float = 1.2  # face box side x this = the face region
 

@@ -20,8 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dst", required=True, help="file or folder to write (written whole or not at all)"
     )
-    p.add_argument("--src-format", choices=FORMATS)
-    p.add_argument("--dst-format", choices=FORMATS)
+    p.add_argument("--src-format", choices=(*FORMATS, "hallo"))
+    p.add_argument("--dst-format", choices=(*FORMATS, "hallo"))
+    p.add_argument(
+        "--vae", help="with --src-format hallo: the SD VAE folder (default: vae/ beside net.pth)"
+    )
+    p.add_argument("--wav2vec2", help="with --src-format hallo: the wav2vec2-base-960h folder")
     p.add_argument(
         "--config", help="YAML config: the architecture of an SD single file (default SD1.5)"
     )
@@ -65,6 +69,16 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.dst, folder=True)
     if Path(args.dst).exists() and not args.overwrite:
         raise InputError(f"{args.dst}: already exists (use --overwrite to replace it)")
+    if args.src_format == "hallo" or args.dst_format == "hallo":
+        from emo_jax.interop import hallo
+
+        if args.src_format == "hallo":
+            hallo.to_bundle(args.src, args.dst, args.vae, args.wav2vec2, args.overwrite)
+            print(f"{args.src} (hallo) -> {args.dst} (emo_jax model bundle, family hallo)")
+        else:
+            hallo.from_bundle(args.src, args.dst, args.overwrite)
+            print(f"{args.src} -> {args.dst}/net.pth (hallo)")
+        return 0
     config = load_config(args.config) if args.config else None
     if args.emo_config:
         from emo_jax.interop.emo_parts import build_emo_bundle

@@ -16,6 +16,7 @@ every key mapped, none left over, shapes checked; the pickle is memory-mapped an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -24,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from emo_jax.checkpoint.bundle import load_bundle, save_bundle
 from emo_jax.config import (
     AudioConfig,
+    Config,
     ConfigError,
     DiffusionConfig,
     EMOConfig,
@@ -35,12 +38,16 @@ from emo_jax.config import (
     UNetConfig,
     VAEConfig,
     from_dict,
+    to_dict,
 )
 from emo_jax.errors import InputError
-from emo_jax.files import read_json
+from emo_jax.files import atomic_folder, read_json, write_json
 from emo_jax.models.hallo import HalloModel, abstract_params
+from emo_jax.models.vae import AutoencoderKL
+from emo_jax.models.wav2vec2 import WAV2VEC2_FORMAT
 from emo_jax.weights.convert import Rename, torch_entries, torch_shapes, torch_to_flax
 from emo_jax.weights.io import Entry, load_state_dict
+from emo_jax.weights.pretrained import read_config
 
 PARTS = {  # Hallo's Net attribute -> emo_jax EMOModel attribute
     "reference_unet": "reference_unet",
@@ -199,6 +206,8 @@ def model_config(folder: Path, vae: VAEConfig | None = None) -> ModelConfig:
             audio_blocks=tuple(kw.get("stack_enable_blocks_name") or ()),
             audio_depths=tuple(kw.get("stack_enable_blocks_depth") or ()),
             face_locator_in_channels=fl.get("conditioning_channels", 3),
+            audio_layers=ap["blocks"],
+            audio_width=ap["channels"],
         )
         audio = AudioConfig(
             window=(ap["seq_len"] - 1) // 2,
@@ -212,12 +221,6 @@ def model_config(folder: Path, vae: VAEConfig | None = None) -> ModelConfig:
         return ModelConfig(unet=unet, vae=vae_cfg, audio=audio, emo=emo, hallo=hallo)
     except ConfigError as e:
         raise InputError(f"{folder}: {e}") from None
-
-
-def audio_shape(folder: Path) -> tuple[int, int]:
-    """(layers, width) of the wav2vec2 features the audio projection takes."""
-    mods, _ = _read_beside(folder, "modules.json", RELEASED_MODULES)
-    return int(mods["audioproj"]["blocks"]), int(mods["audioproj"]["channels"])
 
 
 def _vae_beside(folder: Path) -> VAEConfig | None:
@@ -298,7 +301,11 @@ class HalloWeights:
 
     config: ModelConfig
     params: Any
-    audio_shape: tuple[int, int]  # (layers, width) of the wav2vec2 features it takes
+
+
+@functools.lru_cache(maxsize=4)
+def _abstract(config: ModelConfig) -> Any:
+    return abstract_params(HalloModel(config))
 
 
 def read(path: str | Path, vae: VAEConfig | None = None) -> HalloWeights:
@@ -306,9 +313,6 @@ def read(path: str | Path, vae: VAEConfig | None = None) -> HalloWeights:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    config = model_config(path.parent, vae)
-    shape = audio_shape(path.parent)
-    abstract = abstract_params(HalloModel(config), shape)
     state = load_state_dict(path)
     unknown = [k for k in state.keys() if not k.startswith(tuple(f"{p}." for p in PARTS))]
     if unknown:
@@ -316,9 +320,11 @@ def read(path: str | Path, vae: VAEConfig | None = None) -> HalloWeights:
             f"{path}: {len(unknown)} key(s) outside Hallo's Net ({', '.join(PARTS)}): "
             f"{', '.join(unknown[:5])}"
         )
+    config = model_config(path.parent, vae)
+    abstract = _abstract(config)
     renamed = _Float32(state)
     params = to_flax(renamed, abstract, config.emo.temporal.motion_max_seq_length, str(path))
-    return HalloWeights(config, params, shape)
+    return HalloWeights(config, params)
 
 
 class _Float32(Mapping):
@@ -335,3 +341,98 @@ class _Float32(Mapping):
 
     def __len__(self) -> int:
         return len(self._state)
+
+
+def to_bundle(
+    src: str | Path,
+    dst: str | Path,
+    vae: str | Path | None = None,
+    wav2vec2: str | Path | None = None,
+    overwrite: bool = False,
+) -> Config:
+    """Hallo's `net.pth` + the SD VAE folder (`--vae`, else `vae/` beside it) + the wav2vec2
+    folder -> an emo_jax model bundle (Hallo's sampler settings); complete or nothing."""
+    src = Path(src)
+    vae = Path(vae) if vae else src.parent / "vae"
+    if not (vae / "config.json").is_file():
+        raise InputError(f"{vae}: no VAE folder (pass --vae, the sd-vae-ft-mse folder)")
+    vae_module, vae_params = AutoencoderKL.from_pretrained(vae)
+    weights = read(src, vae_module.config)
+    audio = weights.config.audio
+    if wav2vec2:
+        w2v = read_config(Path(wav2vec2), WAV2VEC2_FORMAT)
+        layers, width = weights.config.hallo.audio_layers, weights.config.hallo.audio_width
+        if (w2v.num_hidden_layers, w2v.hidden_size) != (layers, width):
+            raise InputError(
+                f"{wav2vec2}: wav2vec2 with {w2v.num_hidden_layers} layers of width "
+                f"{w2v.hidden_size}; {src} takes {layers} layers of width {width}"
+            )
+        audio = dataclasses.replace(audio, wav2vec2_path=str(Path(wav2vec2).absolute()))
+    config = Config(
+        model=dataclasses.replace(weights.config, audio=audio),
+        diffusion=dataclasses.replace(DIFFUSION),
+    )
+    save_bundle(dst, config, {"emo": weights.params, "vae": vae_params}, overwrite)
+    return config
+
+
+def from_bundle(src: str | Path, dst: str | Path, overwrite: bool = False) -> None:
+    """A Hallo-family bundle -> Hallo's `net.pth` in `dst` (a folder), with the
+    `unet_config.json`, `unet_additional_kwargs.json` and `modules.json` that size it."""
+    import torch
+
+    src, dst = Path(src), Path(dst)
+    config, params = load_bundle(src)
+    model = config.model
+    if model.emo.family != "hallo":
+        raise InputError(f"{src}: a model of family {model.emo.family!r}, not hallo")
+    entries = export_entries(params["emo"], model.emo.temporal.motion_max_seq_length)
+    with atomic_folder(dst, overwrite) as tmp:
+        state = {e.key: torch.from_numpy(np.array(e.make())) for e in entries}
+        torch.save(state, tmp / "net.pth")
+        for name, data in sizes_json(model).items():
+            write_json(data, tmp / name)
+
+
+def sizes_json(model: ModelConfig) -> dict[str, dict]:
+    """The JSON files that size a Hallo `net.pth` (read back by `model_config`)."""
+    emo, hallo, temporal = model.emo, model.hallo, model.emo.temporal
+    unet = {"_class_name": "UNet2DConditionModel", **to_dict(model.unet)}
+    kwargs = {
+        **RELEASED_UNET_KWARGS,
+        "motion_module_mid_block": temporal.use_motion_mid_block,
+        "motion_module_kwargs": {
+            **RELEASED_UNET_KWARGS["motion_module_kwargs"],
+            "num_attention_heads": temporal.motion_num_attention_heads,
+            "num_transformer_block": temporal.motion_transformer_layers_per_block,
+            "temporal_position_encoding_max_len": temporal.motion_max_seq_length,
+        },
+        "audio_attention_dim": hallo.audio_attention_dim,
+        "stack_enable_blocks_name": list(hallo.audio_blocks),
+        "stack_enable_blocks_depth": list(hallo.audio_depths),
+    }
+    modules = {
+        "face_locator": {
+            "conditioning_embedding_channels": model.unet.block_out_channels[0],
+            "conditioning_channels": hallo.face_locator_in_channels,
+            "block_out_channels": list(emo.face_locator_channels),
+        },
+        "imageproj": {
+            "cross_attention_dim": model.unet.cross_attention_dim,
+            "clip_embeddings_dim": hallo.face_embed_dim,
+            "clip_extra_context_tokens": hallo.face_tokens,
+        },
+        "audioproj": {
+            "seq_len": 2 * model.audio.window + 1,
+            "blocks": hallo.audio_layers,
+            "channels": hallo.audio_width,
+            "intermediate_dim": model.audio.proj_hidden_dim,
+            "output_dim": hallo.audio_attention_dim,
+            "context_tokens": model.audio.proj_tokens,
+        },
+    }
+    return {
+        "unet_config.json": unet,
+        "unet_additional_kwargs.json": kwargs,
+        "modules.json": modules,
+    }

@@ -165,8 +165,8 @@ def encode_reference(model: HalloModel, params: Any, stack: jax.Array, context: 
     return features
 
 
-def abstract_params(model: HalloModel, audio_shape: tuple[int, int]) -> Any:
-    """Param shapes of a Hallo model whose audio features are (layers, width) per frame."""
+def abstract_params(model: HalloModel) -> Any:
+    """Param shapes of a Hallo model, nothing allocated."""
     cfg = model.config
     n = len(cfg.unet.block_out_channels)
     s = 2 ** (n - 1)
@@ -180,7 +180,11 @@ def abstract_params(model: HalloModel, audio_shape: tuple[int, int]) -> Any:
     def init(key):
         def all_parts(mdl: HalloModel):
             region = jnp.zeros((1, down * s, down * s, cfg.hallo.face_locator_in_channels))
-            conds = mdl.conditions(emb, jnp.zeros((1, 1, window, *audio_shape)), region)
+            conds = mdl.conditions(
+                emb,
+                jnp.zeros((1, 1, window, cfg.hallo.audio_layers, cfg.hallo.audio_width)),
+                region,
+            )
             features = mdl.encode_reference(stack, conds["context"])
             latents = jnp.zeros((2, 1, s, s, cfg.unet.in_channels))
             return mdl(latents, jnp.zeros((), jnp.int32), features, conds, masks, jnp.ones((3,)))
