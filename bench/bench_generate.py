@@ -188,7 +188,7 @@ def bench_step(config: Path, latent: int, repeats: int) -> None:
 
 
 def bench_flops(config: Path, latent: int, steps: int | None) -> None:
-    from emo_jax.pipeline.loading import abstract_params as all_params
+    from emo_jax.models.inventory import bundle_abstract as all_params
 
     cfg, fns, step, args, (ref, motion) = step_pieces(config, latent)
     steps = steps or cfg.diffusion.num_inference_steps

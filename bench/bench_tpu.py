@@ -9,10 +9,10 @@ HBM, FLOPs, and the time projected at 40% and 60% of the chip's peak bf16 FLOP/s
     python bench/bench_tpu.py --topology v5p:2x2x1 --stage 2                 # FSDP over 4 chips
     python bench/bench_tpu.py --topology v5e:4x4 --stage 2 --mesh data=4,fsdp=4 --out t.md
     python bench/bench_tpu.py --topology v5e:1x1 --generate                  # one clip, 1 chip
-    python bench/bench_tpu.py --topology v5e:2x2 --config configs/train/tiny_stage2.yaml
+    python bench/bench_tpu.py --topology v5e:2x2 --config configs/train/tiny.yaml --stage 2
 
-`--config` defaults to configs/train/stage<N>.yaml (full size: a stage-2 compile takes ~25
-CPU-minutes and ~21 GB of host memory). The programs are traced under the TPU mesh, so
+`--config` defaults to configs/train/paper.yaml, stage `--stage` (full size: a stage-2 compile
+takes ~25 CPU-minutes and ~21 GB of host memory). The programs are traced under the TPU mesh, so
 `model.attention: auto` picks as on a TPU. Trailing arguments are config overrides
 (`model.emo.remat=false`).
 """
@@ -170,9 +170,9 @@ def table(args, overrides: list[str]) -> str:
     gen = args.topology.split(":")[0]
     hbm, peak_flops, _ = CHIPS[gen]
     devices = list(topologies.get_topology_desc(args.topology, "tpu").devices)
-    config = args.config or str(REPO / f"configs/train/stage{args.stage}.yaml")
+    config = args.config or str(REPO / "configs/train/paper.yaml")
     mesh_over = parse_mesh(None if args.generate else args.mesh, len(devices))
-    cfg = load_config(config, [*mesh_over, *overrides])
+    cfg = load_config(config, [f"train.stage={args.stage}", *mesh_over, *overrides])
     if args.generate:
         rows, flops, seconds = generate_rows(cfg, devices[0])
         what, unit, chips = "generation: one clip's sampling loop", "clip", 1
@@ -209,10 +209,12 @@ def table(args, overrides: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topology", default="v5p:2x2x1", help="e.g. v5e:4x4, v5p:2x2x1")
-    parser.add_argument("--stage", type=int, default=2, help="1, 2 or 3 (the default config)")
+    parser.add_argument(
+        "--stage", type=int, default=2, help="1, 2 or 3 (train.stage of the config)"
+    )
     parser.add_argument("--mesh", help="data=4,fsdp=4[,tensor=1] (default: FSDP over all)")
     parser.add_argument("--generate", action="store_true", help="one clip's sampling loop")
-    parser.add_argument("--config", help="a training config (default: configs/train/stage<N>)")
+    parser.add_argument("--config", help="a stage file (default: configs/train/paper.yaml)")
     parser.add_argument("--out", help="also write the table to this markdown file")
     parser.add_argument("overrides", nargs="*", help="config overrides, key.path=value")
     args = parser.parse_args()

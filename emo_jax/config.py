@@ -194,7 +194,9 @@ def select_stage(data: dict, stage: Any, where: str) -> dict:
         raise ConfigError(f"{where}: stages: expected a mapping of stage number -> settings")
     known = ", ".join(str(k) for k in sorted(stages))
     if stage is None:
-        raise ConfigError(f"{where}: a stage file (stages {known}): pick one with --stage N")
+        raise ConfigError(
+            f"{where}: a stage file (stages {known}): pick one with --stage N (train.stage=N)"
+        )
     if stage not in stages:
         raise ConfigError(f"{where}: no stage {stage!r} (stages {known})")
     paths: dict[str, str] = {}
@@ -648,7 +650,7 @@ class TrainConfig:
     """
 
     stage: int = 1  # 0 autoencoder (model.vae), 1 image, 2 video (temporal + audio), 3 speed
-    trainable: tuple[str, ...] = ("reference_net", "backbone_spatial", "face_locator")
+    trainable: tuple[str, ...] = ("reference_unet", "denoising_unet", "face_locator")
     out_dir: str = "runs/stage1"  # checkpoints/, tb/, samples/, metrics.jsonl, bundle/
     init_from: str | None = None  # previous stage: bundle or run folder; stage 0: a VAE folder
     sd15_unet: str | None = None  # diffusers SD1.5 UNet or pipeline folder -> both UNets

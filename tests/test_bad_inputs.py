@@ -75,6 +75,8 @@ CASES = [
     (f"{G} --seed -1", "argument --seed: -1: must be at least 0", 2),
     (f"{G} --seed 4294967296", "argument --seed: 4294967296: must be at most 4294967295", 2),
     (f"{G} --sampler euler", "argument --sampler: invalid choice: 'euler' (choose from 'ddim', 'dpmpp_2m')", 2),
+    (f"{G} --face -1", "argument --face: -1: must be at least 0", 2),
+    (f"{G} --face nan", "argument --face: 'nan' is not a whole number", 2),
     (f"{G} --clip-frames 40", "motion frames + clip frames = 42 exceed the temporal modules' positions (model.emo.temporal.motion_max_seq_length = 16)", 2),
     (f"{G} --motion-frames 9", "motion frames n=9 cannot exceed the clip length f=8", 2),
     # generate: outputs
@@ -91,7 +93,7 @@ CASES = [
     (f"{G} --image {{empty}}", "{empty}: empty file (0 bytes)", 2),
     (f"{G} --image {{text_png}}", "{text_png}: not a readable image (unknown format)", 2),
     (f"{G} --image {{tiny_png}}", "{tiny_png}: the image is too small (8x8 px)", 2),
-    (f"{G} --image {{noise_png}}", "{noise_png}: no face found in the portrait (use a frontal face photo, or give the face region with --mask FILE / mask=...)", 2),
+    (f"{G} --image {{noise_png}}", "{noise_png}: no face found in the portrait (use a photo with the face frontal or three-quarter and at least 1/10 of the image, or give the face region with --mask FILE / mask=...)", 2),
     (f"{G} --audio {{tmp}}/nope.wav", "{tmp}/nope.wav: audio file not found", 2),
     (f"{G} --audio {{dir}}", "{dir}: is a folder, not an audio file", 2),
     (f"{G} --audio {{empty}}", "{empty}: empty file (0 bytes)", 2),
@@ -107,8 +109,8 @@ CASES = [
     (f"{G} --checkpoint {{dir}}", "{dir}: not a model bundle (config.yaml + params/) or exported model (emo_index.json)", 2),
     (f"{G} --config {{tmp}}/c.yaml", "{tmp}/c.yaml: config file not found", 2),
     (f"{G} --config {{bad_yaml}}", "{bad_yaml}: not valid YAML (while parsing a flow node)", 2),
-    (f"{G} --config {{unknown_yaml}}", "{unknown_yaml}.model: unknown key(s) nope (known: audio, dtype, emo, unet, vae)", 2),
-    (f"{G} model.nope=1", "overrides.model: unknown key(s) nope (known: audio, dtype, emo, unet, vae)", 2),
+    (f"{G} --config {{unknown_yaml}}", "{unknown_yaml}.model: unknown key(s) nope (known: attention, audio, dtype, emo, hallo, unet, vae)", 2),
+    (f"{G} model.nope=1", "overrides.model: unknown key(s) nope (known: attention, audio, dtype, emo, hallo, unet, vae)", 2),
     (f"{G} diffusion.sampler=euler", "diffusion.sampler: 'euler' is not one of ddim, dpmpp_2m", 2),
     (f"{G} --bogus", "unrecognized arguments: --bogus", 2),
     # evaluate
@@ -157,6 +159,8 @@ CASES = [
     ("train --config {empty}", "{empty}: empty file (0 bytes)", 2),
     ("train --config {dir} --num-processes 0", "argument --num-processes: 0: must be at least 1", 2),
     ("train --config {dir} --num-processes nan", "argument --num-processes: 'nan' is not a whole number", 2),
+    ("train --config {dir} --stage 4", "argument --stage: 4: must be at most 3", 2),
+    ("train --config {dir} --stage -1", "argument --stage: -1: must be at least 0", 2),
     ("train --config {dir} --process-id -1", "argument --process-id: -1: must be at least 0", 2),
     # convert
     ("convert --src {tmp}/w --dst {tmp}/o", "{tmp}/w: source not found", 2),
@@ -164,7 +168,7 @@ CASES = [
     ("convert --src {full} --dst {text}/o", "{text}/o: {text} is a file, not a folder", 2),
     ("convert --src {full} --dst {ro}/o", "{ro}/o: cannot write in {ro} (Permission denied)", 2),
     ("convert --src {full} --dst {tmp}/o --config {tmp}/c.yaml", "{tmp}/c.yaml: config file not found", 2),
-    ("convert --src {full} --dst {tmp}/o --src-format onnx", "argument --src-format: invalid choice: 'onnx' (choose from 'diffusers', 'transformers', 'sd-single-file', 'animatediff', 'orbax', 'export')", 2),
+    ("convert --src {full} --dst {tmp}/o --src-format onnx", "argument --src-format: invalid choice: 'onnx' (choose from 'diffusers', 'transformers', 'sd-single-file', 'animatediff', 'orbax', 'export', 'hallo')", 2),
     # audio-features
     ("audio-features {tmp}/a.wav --out {tmp}/a.npy", "{tmp}/a.wav: audio file or folder not found", 2),
     ("audio-features {audio} --out {tmp}/a.txt", "{tmp}/a.txt: --out must end in .npy for one audio file", 2),

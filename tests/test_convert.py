@@ -3,6 +3,7 @@ round trips of the whole EMO model, the PyTorch twin, and bad input."""
 
 import argparse
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -24,8 +25,9 @@ from emo_jax.checkpoint.bundle import load_bundle, save_bundle
 from emo_jax.cli import main
 from emo_jax.config import load_config, to_dict
 from emo_jax.interop import layouts
-from emo_jax.interop.export import export_model, import_model
-from emo_jax.models.emo import EMOModel, encode_reference, init_params
+from emo_jax.interop.export import PARTS, export_model, import_model
+from emo_jax.models.emo import EMOModel, abstract_params, encode_reference, init_params
+from emo_jax.models.inventory import COMPONENTS, component_of
 from emo_jax.models.vae import VAE_FORMAT
 from emo_jax.weights.pretrained import init_params as init_folder_params
 
@@ -191,6 +193,16 @@ def assert_same_tree(a, b):
         assert x.dtype == y.dtype and np.array_equal(x, y), k
 
 
+def test_exported_parts_hold_each_component_once():
+    """The export's sub-folders split the one component table: every param of a model with
+    every component lands in exactly one part."""
+    assert sorted(c for part in PARTS for c in part.components) == sorted(COMPONENTS)
+    paths = flatten_dict(abstract_params(EMOModel(CFG.model)))
+    assert {component_of(p) for p in paths} == set(COMPONENTS)
+    for p in paths:
+        assert sum(part.select(p) for part in PARTS) == 1, p
+
+
 def test_orbax_export_orbax_is_bit_exact(bundle_params, tmp_path):
     save_bundle(tmp_path / "bundle", CFG, bundle_params)
     assert (
@@ -200,7 +212,7 @@ def test_orbax_export_orbax_is_bit_exact(bundle_params, tmp_path):
     assert set(index["components"]) == {
         "reference_unet",
         "denoising_unet",
-        "motion_module",
+        "motion_modules",
         "speed_encoder",
         "audio_proj",
         "face_locator",
@@ -209,7 +221,7 @@ def test_orbax_export_orbax_is_bit_exact(bundle_params, tmp_path):
     TorchUNet.from_pretrained(
         tmp_path / "export" / "reference_unet"
     )  # each part opens in its library
-    MotionAdapter.from_pretrained(tmp_path / "export" / "motion_module")
+    MotionAdapter.from_pretrained(tmp_path / "export" / "motion_modules")
     assert (
         main(["convert", "--src", str(tmp_path / "export"), "--dst", str(tmp_path / "back")]) == 0
     )
@@ -332,3 +344,75 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert code == 2 and "--overwrite" in capsys.readouterr().err
     assert list((tmp_path / "exists").iterdir()) == []
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_mismatches_are_one_line_errors_naming_the_key_and_both_values(
+    bundle_params, tmp_path, capsys
+):
+    """A weight or config mismatch in any format: exit 2, one line naming the file, the key and
+    both shapes or values, nothing written."""
+    unet = tiny_torch_unet()
+    unet.save_pretrained(tmp_path / "unet")  # safetensors
+    unet.save_pretrained(tmp_path / "unet_bin", safe_serialization=False)  # pickle
+    sd = torch.load(tmp_path / "unet_bin" / "diffusion_pytorch_model.bin", weights_only=True)
+    sd["conv_in.weight"] = torch.zeros(32, 4, 3, 1)
+    torch.save(sd, tmp_path / "unet_bin" / "diffusion_pytorch_model.bin")
+    (tmp_path / "groups").mkdir()
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        (tmp_path / "groups" / name).write_bytes((tmp_path / "unet" / name).read_bytes())
+    config = json.loads((tmp_path / "unet" / "config.json").read_text())
+    (tmp_path / "groups" / "config.json").write_text(json.dumps({**config, "norm_num_groups": 6}))
+    # AnimateDiff files store neither groups nor heads; 40 channels do not split into 32 groups
+    torch.manual_seed(0)
+    wide = MotionAdapter(
+        block_out_channels=(40, 80),
+        motion_layers_per_block=1,
+        motion_num_attention_heads=8,
+        motion_norm_num_groups=8,
+        motion_max_seq_length=16,
+    )
+    original = {k: torch.from_numpy(v) for k, v in animatediff_original(wide).items()}
+    torch.save(original, tmp_path / "mm.ckpt")
+    narrow = tmp_path / "narrow.yaml"  # a model whose audio-attention reads 16-wide tokens
+    narrow.write_text(
+        f"base: {Path(TINY).absolute()}\nmodel:\n  unet:\n    cross_attention_dim: 16\n"
+    )
+    ldm_single_file(tmp_path / "sd.safetensors")
+    assert main(["convert", "--src", str(tmp_path / "unet"), "--dst", str(tmp_path / "orbax")]) == 0
+    (tmp_path / "orbax" / "config.json").write_text(
+        json.dumps({**config, "_class_name": "UNet2DConditionModel", "cross_attention_dim": 16})
+    )
+    save_bundle(tmp_path / "bundle", load_config(str(narrow)), bundle_params)
+    to_k = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    to_k_flax = "down_blocks_0/attentions_0/transformer_blocks_0/attn2/to_k/kernel"
+    cases = [  # (source, extra arguments, what the line must name)
+        (
+            tmp_path / "mm.ckpt",
+            [],
+            ["down_blocks.0.motion_modules.0.temporal_transformer.norm.weight", "40", "32"],
+        ),
+        (
+            tmp_path / "groups",
+            [],
+            ["config.json", "block_out_channels [32, 64]", "norm_num_groups 6"],
+        ),
+        (
+            tmp_path / "unet_bin",
+            [],
+            ["diffusion_pytorch_model.bin", "conv_in.weight (32, 4, 3, 1)", "(32, 4, 3, 3)"],
+        ),
+        (tmp_path / "sd.safetensors", ["--config", str(narrow)], [to_k, "(32, 32)", "(32, 16)"]),
+        (tmp_path / "orbax", [], ["params", to_k_flax, "(32, 32)", "(16, 32)"]),
+        (
+            tmp_path / "bundle",
+            [],
+            ["params", f"emo/denoising_unet/{to_k_flax}", "(32, 32)", "(16, 32)"],
+        ),
+    ]
+    for src, extra, names in cases:
+        dst = tmp_path / "out"
+        code = main(["convert", "--src", str(src), "--dst", str(dst), *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err and str(src) in err, (src, err)
+        assert all(n in err for n in names), (src, err)
+        assert not dst.exists()

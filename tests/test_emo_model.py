@@ -104,16 +104,20 @@ def test_shapes_and_components(trained):
     counts = emo_counts(trained)
     assert set(counts) == set(COMPONENTS)
     # ReferenceNet = backbone without its output head and cross-attention (norm2 included)
-    assert counts["reference_net"] < counts["backbone_spatial"]
+    assert counts["reference_unet"] < counts["denoising_unet"]
 
 
 @pytest.mark.parametrize("layer", ["use_audio", "use_temporal", "use_speed", "use_face_locator"])
-def test_new_layers_start_as_identity(fresh, layer):
+def test_new_layers_start_as_identity(fresh, trained, layer):
+    """A layer added fresh to a trained model (every weight around it non-zero, the temporal
+    modules' `proj_out` included) leaves the output as it was."""
     x = inputs()
-    full = run(EMOModel(CFG), fresh, x)
     off = variant(**{layer: False})
-    without = run(off, subset(fresh, off), x)
-    np.testing.assert_array_equal(full, without)
+    kept = flatten_dict(subset(trained, off))
+    added = unflatten_dict({p: kept.get(p, v) for p, v in flatten_dict(fresh).items()})
+    assert len(flatten_dict(added)) > len(kept)
+    without = run(off, unflatten_dict(kept), x)
+    np.testing.assert_array_equal(run(EMOModel(CFG), added, x), without)
 
 
 def test_reference_changes_every_frame(trained):

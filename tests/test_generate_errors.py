@@ -85,8 +85,8 @@ def test_checkpoint_that_does_not_fit(capsys, tmp_path):
     save_bundle(tmp_path / "bundle", pipe.config, {"emo": emo, "vae": params["vae"]})
     line = run_bad(capsys, tmp_path, "--checkpoint", str(tmp_path / "bundle"))
     assert "the params do not fit the config" in line
-    assert "missing: emo/speed_encoder/linear_1/bias" in line
-    assert "shape: emo/face_locator/blocks_0/bias (3,) != (8,)" in line
+    assert "missing key(s): emo/speed_encoder/linear_1/bias" in line
+    assert "emo/face_locator/blocks_0/bias (3,) != expected (8,)" in line
 
 
 def test_failure_mid_video_leaves_nothing(tmp_path, monkeypatch):

@@ -54,27 +54,30 @@ def stop(audio, out: Path, marker: str, sig: int, env: dict) -> tuple:
     return code, lines + rest.splitlines()
 
 
-CASES = {  # phase: (line that starts it, pause there?, signal)
-    "start": ("paused at start", True, signal.SIGINT),
-    "load": ("loading built-in default model", False, signal.SIGINT),
-    "compile": ("the first clip compiles the model", False, signal.SIGINT),
-    "sample": ("paused at sample", True, signal.SIGINT),
-    "write": ("paused at write", True, signal.SIGTERM),
+MARKERS = {  # phase: (the stderr line that starts it, pause there?)
+    "start": ("paused at start", True),
+    "load": ("loading built-in default model", False),
+    "compile": ("the first clip compiles the model", False),
+    "sample": ("paused at sample", True),
+    "write": ("paused at write", True),
 }
+INT, TERM = signal.SIGINT, signal.SIGTERM
 
 
 @pytest.mark.parametrize(
-    "phase",
+    ("phase", "sig"),
     [
-        "start",
-        "load",
-        "compile",
-        pytest.param("sample", marks=pytest.mark.slow),
-        pytest.param("write", marks=pytest.mark.slow),
+        ("start", INT),
+        ("start", TERM),
+        ("load", INT),
+        ("compile", INT),
+        pytest.param("sample", INT, marks=pytest.mark.slow),
+        pytest.param("write", TERM, marks=pytest.mark.slow),
     ],
+    ids=["start-INT", "start-TERM", "load-INT", "compile-INT", "sample-INT", "write-TERM"],
 )
-def test_a_signal_in_any_phase_stops_cleanly(tmp_path, audio, jit_cache, phase):
-    marker, pause, sig = CASES[phase]
+def test_a_signal_in_any_phase_stops_cleanly(tmp_path, audio, jit_cache, phase, sig):
+    marker, pause = MARKERS[phase]
     env = {}
     if phase in ("sample", "write"):
         env = {"JAX_COMPILATION_CACHE_DIR": str(jit_cache)}

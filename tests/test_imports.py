@@ -31,8 +31,8 @@ LAYERS = (
     ("eval",),
     ("cli", "commands", "app", "__init__"),
 )
-# Function-local imports of emo_jax modules keep CLI start-up fast; allowed only here (and in
-# the package's own __init__, for lazy top-level names).
+# Function-local imports of emo_jax modules only in commands/ (they keep CLI start-up fast)
+# and in emo_jax/__init__.py (lazy top-level names).
 LAZY = ("commands", "__init__")
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -298,8 +298,8 @@ TABLE = {
         (),
         ("speech.mp3",),
     ),
-    "emo-jax train --config configs/train/stageN.yaml": (
-        {"configs/train/stageN.yaml": "configs/train/tiny_stage1.yaml"},
+    "emo-jax train --config configs/train/paper.yaml --stage N": (
+        {"configs/train/paper.yaml": "configs/train/tiny.yaml", "N": "1"},
         (*TRAIN_TINY, "train.out_dir=table/run", "data.shards=data/processed"),
         ("data",),  # its corpus at 32 px
     ),

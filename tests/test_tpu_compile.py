@@ -27,10 +27,12 @@ def run(args: list[str], tmp_path: Path) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_tiny_training_step_compiles_for_v5e(tmp_path):
-    """The per-chip table of the tiny stage 2 step, FSDP over a v5e 2x2 slice."""
+    """The per-chip table of the tiny stage 2 step, FSDP over a v5e 2x2 slice (about 4
+    CPU-minutes: libtpu's compiler, not the model's size, takes the time)."""
     out = tmp_path / "table.md"
-    config = "configs/train/tiny_stage2.yaml"
+    config = "configs/train/tiny.yaml"  # stage 2: bench_tpu's default --stage
     run(["bench/bench_tpu.py", "--topology", "v5e:2x2", "--config", config, "--out", out], tmp_path)
     table = out.read_text()
     assert "mesh data=1, fsdp=4, tensor=1" in table
@@ -39,8 +41,10 @@ def test_tiny_training_step_compiles_for_v5e(tmp_path):
     assert 0 < peak < 1 and flops > 0
 
 
+@pytest.mark.slow
 def test_tiny_generation_compiles_for_one_v5e_chip(tmp_path):
-    config = "configs/train/tiny_stage2.yaml"
+    """The tiny model's sampling loop for one clip (two guidance passes), one v5e chip."""
+    config = "configs/train/tiny.yaml"
     text = run(
         ["bench/bench_tpu.py", "--topology", "v5e:2x2", "--generate", "--config", config], tmp_path
     )

@@ -15,12 +15,12 @@ from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 from emo_jax.checkpoint.manager import Checkpoints
 from emo_jax.cli import main
-from emo_jax.config import ConfigError, ParallelConfig, load_config
+from emo_jax.config import ClipSpec, ConfigError, ParallelConfig, clip_spec, load_config
 from emo_jax.models.emo import EMOModel, abstract_params
 from emo_jax.models.inventory import component_of, emo_counts
 from emo_jax.parallel.mesh import axis_sizes, make_mesh
 from emo_jax.parallel.sharding import spec_for
-from emo_jax.train.data import BatchStream, global_batch
+from emo_jax.train.data import BatchStream, batch_abstract, global_batch
 from emo_jax.train.metrics import step_seconds
 from emo_jax.train.optimizer import learning_rate
 from emo_jax.train.setup import build
@@ -29,10 +29,11 @@ from emo_jax.train.step import _micro_batches, init_state
 from emo_jax.train.weights import initial_params, load_vae, previous_stage_params
 
 TINY = "configs/train/tiny.yaml"
+STAGE_DIRS = ("stage1", "stage2", "stage3")
 STAGES = {
-    1: ({"reference_net", "backbone_spatial", "face_locator"}, "image", (False, False, False)),
-    2: ({"temporal", "audio_attention", "audio_projection"}, "video", (True, True, False)),
-    3: ({"temporal", "speed"}, "video", (True, True, True)),
+    1: ({"reference_unet", "denoising_unet", "face_locator"}, "image", (False, False, False)),
+    2: ({"motion_modules", "audio_attention", "audio_proj"}, "video", (True, True, False)),
+    3: ({"motion_modules", "speed_encoder"}, "video", (True, True, True)),
 }
 
 
@@ -60,8 +61,39 @@ def test_stage_configs_follow_the_paper(stage, family):
     assert min(emo.speed_centers) <= 0.05 and max(emo.speed_centers) >= 1.5
 
 
+def test_stage_files_pick_one_stage_and_derive_its_run_paths():
+    train = {
+        n: load_config("configs/default/train.yaml", [f"train.stage={n}"]).train for n in range(4)
+    }
+    runs = "runs/default/"
+    assert [t.stage for t in train.values()] == [0, 1, 2, 3]
+    assert [t.out_dir for t in train.values()] == [runs + n for n in ("autoencoder", *STAGE_DIRS)]
+    assert [t.init_from for t in train.values()] == [None, None, runs + "stage1", runs + "stage2"]
+    assert [t.vae_path for t in train.values()] == [None] + [runs + "autoencoder/vae"] * 3
+    paper = load_config("configs/train/paper.yaml", ["train.stage=3", "train.out_dir=elsewhere"])
+    assert (paper.train.out_dir, paper.train.init_from) == ("elsewhere", "runs/stage2")
+    assert paper.train.vae_path is None  # no stage 0 in that file: the SD VAE, or a random one
+    with pytest.raises(ConfigError, match="tiny.yaml: a stage file \\(stages 1, 2, 3\\)"):
+        load_config(TINY)
+    with pytest.raises(ConfigError, match="tiny.yaml: no stage 0 \\(stages 1, 2, 3\\)"):
+        load_config(TINY, ["train.stage=0"])
+
+
+def test_data_follow_the_model_and_old_data_keys_must_agree():
+    with pytest.warns(FutureWarning, match="data.n_frames, data.fps ignored"):
+        cfg = load_config(TINY, ["train.stage=2", "data.n_frames=4", "data.fps=25"])
+    assert clip_spec(cfg.model) == ClipSpec(
+        fps=25, sample_rate=16000, n_frames=4, n_motion_frames=2, audio_context=2
+    )
+    assert batch_abstract(cfg, 3)["audio"].shape[:3] == (3, 4, 2 * 2 + 1)
+    with pytest.raises(ConfigError, match="data.n_frames 12 differs from model.emo.n_frames 4"):
+        load_config(TINY, ["train.stage=2", "data.n_frames=12"])
+    with pytest.raises(ConfigError, match="model.audio.fps 24.5: training data need a whole"):
+        clip_spec(load_config(TINY, ["train.stage=2", "model.audio.fps=24.5"]).model)
+
+
 def test_validate_names_the_problem():
-    cfg = load_config(TINY, ["train.stage=2", "train.trainable=[speed]"])
+    cfg = load_config(TINY, ["train.stage=2", "train.trainable=[speed_encoder]"])
     with pytest.raises(ConfigError, match="speed.*not in this model"):
         validate(cfg, abstract_params(EMOModel(cfg.model)))
     cfg = load_config(TINY, ["train.stage=2", "data.mode=image"])
@@ -109,11 +141,11 @@ class _NoData:
 def test_split_merge_and_next_stage_loading(tmp_path):
     stage1 = abstract_params(EMOModel(load_config(TINY, ["train.stage=1"]).model))
     stage2 = abstract_params(EMOModel(load_config(TINY, ["train.stage=2"]).model))
-    train, frozen = split(stage2, ("temporal", "audio_attention", "audio_projection"))
+    train, frozen = split(stage2, ("motion_modules", "audio_attention", "audio_proj"))
     assert {component_of(p) for p in flatten_dict(train)} == {
-        "temporal",
+        "motion_modules",
         "audio_attention",
-        "audio_projection",
+        "audio_proj",
     }
     assert flatten_dict(merge(train, frozen)).keys() == flatten_dict(stage2).keys()
 
@@ -126,15 +158,15 @@ def test_split_merge_and_next_stage_loading(tmp_path):
     # counted as backbone by the inventory; absent in stage 1, which has no cross-attention)
     new = {p for p in report.initialised if not p.endswith(("norm2/scale", "norm2/bias"))}
     assert {component_of(tuple(p.split("/"))) for p in new} == {
-        "temporal",
+        "motion_modules",
         "audio_attention",
-        "audio_projection",
+        "audio_proj",
     }
     for path, v in flat.items():
         assert v.all() == ("/".join(path) not in report.initialised), path
 
     # a stage-1 run folder: its latest checkpoint's EMA (else params) + frozen params
-    t1, f1 = split(ones, ("reference_net",))
+    t1, f1 = split(ones, ("reference_unet",))
     state = {"params": jax.tree_util.tree_map(lambda x: 2 * x, t1), "ema": t1, "step": np.int32(1)}
     ckpts = Checkpoints(tmp_path / "checkpoints")
     ckpts.save(1, {"state": state, "frozen": f1}, _NoData())
@@ -199,7 +231,7 @@ def stage3(tmp_path_factory):
 def test_frozen_params_have_no_optimizer_state_nor_step_memory(stage3):
     cfg, setup = stage3
     trainable = flatten_dict(setup.abstract_state.params)
-    assert {component_of(p) for p in trainable} == {"temporal", "speed"}
+    assert {component_of(p) for p in trainable} == {"motion_modules", "speed_encoder"}
     params = _bytes(setup.abstract_state.params)
     # AdamW's two moments (and a step count): of the trainable params only
     assert 2 * params <= _bytes(setup.abstract_state.opt_state) <= 2 * params + 64

@@ -17,7 +17,8 @@ Contract: a waveform of N samples at `sample_rate` gives an array (frames, 2m+1,
 - Long audio runs through the encoder in chunks of `chunk_seconds` of video frames, each with
   `context_seconds` of extra audio each side for wav2vec2 (whose attention spans the chunk),
   so memory is bounded by the chunk length. Audio up to one chunk long is one exact pass;
-  longer wav2vec2 features differ slightly from one (unbounded) pass near chunk seams. The
+  longer wav2vec2 features differ from one (unbounded) pass wherever attention (or a
+  group-norm feature encoder) reaches beyond the chunk; the local parts match one pass. The
   mel encoder is local: chunked output equals one pass.
 """
 

@@ -17,6 +17,7 @@ import yaml
 from emo_jax.config import Config, from_dict, to_dict
 from emo_jax.errors import InputError
 from emo_jax.files import atomic_folder
+from emo_jax.weights.convert import check_shapes
 
 PARTS = ("emo", "vae")
 
@@ -56,14 +57,21 @@ def load_bundle(folder: str | Path, abstract: Any | None = None) -> tuple[Config
     config = load_bundle_config(folder)
     if not (folder / "params").is_dir():
         raise InputError(f"{folder}: not an emo_jax model bundle (no params/)")
+    return config, restore_params(folder / "params", abstract)
+
+
+def restore_params(path: Path, abstract: Any | None = None) -> Any:
+    """An Orbax params tree; with `abstract` (shapes), restored as it after every key and shape
+    is checked (Orbax itself would pad or cut a mismatched array)."""
+    path = Path(path).absolute()
     try:
         with ocp.StandardCheckpointer() as ckptr:
-            params = (
-                ckptr.restore(folder / "params", abstract)
-                if abstract
-                else ckptr.restore(folder / "params")
-            )
+            if abstract is None:
+                return ckptr.restore(path)
+            check_shapes(ckptr.metadata(path).item_metadata.tree, abstract, str(path))
+            return ckptr.restore(path, abstract)
+    except InputError:
+        raise
     except (ValueError, KeyError, FileNotFoundError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{folder}: params do not fit the config ({first[:300]})") from None
-    return config, params
+        raise InputError(f"{path}: not readable Orbax params ({first[:300]})") from None

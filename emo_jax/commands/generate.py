@@ -103,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--mask", help="face-region mask image, the portrait's size (white: face)")
     g.add_argument(
-        "--face", type=int, help="which face when there are several (0: the largest, default)"
+        "--face", type=whole(0), help="which face when there are several (0: the largest, default)"
     )
     g.add_argument("--frames-dir", help="also write PNG frames to this (new or empty) folder")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -10,7 +10,9 @@ from emo_jax.commands.arguments import whole
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="run (or resume) a training stage of a stage file")
     p.add_argument("--config", required=True, help="stage file, e.g. configs/train/paper.yaml")
-    p.add_argument("--stage", type=int, help="the stage to run (train.stage): 0 autoencoder, 1-3")
+    p.add_argument(
+        "--stage", type=whole(0, 3), help="the stage to run (train.stage): 0 autoencoder, 1-3"
+    )
     p.add_argument("--coordinator", help="multi-host: address:port of process 0")
     p.add_argument("--num-processes", type=whole(1), help="multi-host: number of processes")
     p.add_argument("--process-id", type=whole(0), help="multi-host: this process's index")

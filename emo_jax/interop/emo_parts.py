@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 from flax.traverse_util import flatten_dict, unflatten_dict
@@ -23,6 +22,7 @@ from emo_jax.config import Config
 from emo_jax.errors import InputError
 from emo_jax.interop.formats import read
 from emo_jax.models.emo import EMOModel, init_params
+from emo_jax.models.inventory import component_of
 from emo_jax.weights.convert import ConversionError, flax_to_torch, torch_to_flax
 from emo_jax.weights.io import find_weights, load_state_dict
 
@@ -42,36 +42,25 @@ class PartReport:
     unused: list[str]
 
     def summary(self) -> str:
-        groups = sorted({p.split("/")[min(2, p.count("/"))] for p in self.initialised})
+        groups = sorted({component_of(tuple(p.split("/"))) for p in self.initialised})
         init = f"; kept at init: {len(self.initialised)} ({', '.join(groups)})" if groups else ""
         unused = f"; unused source keys: {len(self.unused)}" if self.unused else ""
         return f"{self.component} <- {self.source}: loaded {self.loaded} tensors{init}{unused}"
 
 
-def _is_motion(path: tuple[str, ...]) -> bool:
-    return any(p.startswith("motion_modules_") for p in path)
-
-
-def _is_speed(path: tuple[str, ...]) -> bool:
-    return any(p.startswith("speed_") for p in path)
-
-
-def _is_audio_attention(path: tuple[str, ...]) -> bool:
-    return "attn2" in path and not _is_motion(path)
-
-
 def load_into(
     params: dict,
+    top: str,
     component: str,
     state_dict: dict,
-    select: Callable[[tuple[str, ...]], bool],
     unused_pattern: str,
     source: str,
     allow_unused: bool = False,
 ) -> tuple[dict, PartReport]:
-    """Loads `state_dict` into the selected leaves of `params[component]` (all must be found)."""
-    flat = flatten_dict(params[component])
-    chosen = {p: v for p, v in flat.items() if select(p)}
+    """Loads `state_dict` (named as the module `params[top]`) into the leaves of `component`
+    (emo_jax.models.inventory) in it; all of them must be found."""
+    flat = flatten_dict(params[top])
+    chosen = {p: v for p, v in flat.items() if component_of((top, *p)) == component}
     loaded, _, unexpected = torch_to_flax(
         state_dict, unflatten_dict(chosen), source=source, allow_unexpected=True
     )
@@ -83,8 +72,8 @@ def load_into(
         )
     flat.update(flatten_dict(loaded))
     out = dict(params)
-    out[component] = unflatten_dict(flat)
-    kept = ["/".join((component, *p)) for p in flat if p not in chosen]
+    out[top] = unflatten_dict(flat)
+    kept = ["/".join((top, *p)) for p in flat if p not in chosen]
     return out, PartReport(component, source, len(chosen), kept, unexpected)
 
 
@@ -105,13 +94,19 @@ def load_sd15_unet(
 ) -> tuple[dict, list[PartReport]]:
     """An SD1.5 UNet state dict (diffusers names) into the ReferenceNet and the backbone."""
     params, ref = load_into(
-        params, "reference_unet", state_dict, lambda p: True, REFERENCE_UNUSED, source, allow_unused
+        params,
+        "reference_unet",
+        "reference_unet",
+        state_dict,
+        REFERENCE_UNUSED,
+        source,
+        allow_unused,
     )
     params, backbone = load_into(
         params,
         "denoising_unet",
+        "denoising_unet",
         state_dict,
-        lambda p: not (_is_motion(p) or _is_audio_attention(p)),
         BACKBONE_UNUSED,
         source,
         allow_unused,
@@ -124,13 +119,7 @@ def load_motion_adapter(
 ) -> tuple[dict, PartReport]:
     """A MotionAdapter state dict (diffusers names) into the backbone's temporal modules."""
     return load_into(
-        params,
-        "denoising_unet",
-        state_dict,
-        lambda p: _is_motion(p) and not _is_speed(p),
-        ADAPTER_UNUSED,
-        source,
-        allow_unused,
+        params, "denoising_unet", "motion_modules", state_dict, ADAPTER_UNUSED, source, allow_unused
     )
 
 

@@ -1,11 +1,11 @@
 """The exported EMO model folder: one sub-folder per component in the format of the PyTorch
 library that owns it, and an index naming them.
 
-    DST/emo_index.json     {"format": "emo_jax-export", "version": 1, "config": {...},
+    DST/emo_index.json     {"format": "emo_jax-export", "version": 2, "config": {...},
                             "components": {name: sub-folder}}
     DST/reference_unet/    diffusers UNet2DConditionModel (ReferenceNet)
     DST/denoising_unet/    diffusers UNet2DConditionModel (backbone; attn2 = audio-attention)
-    DST/motion_module/     diffusers MotionAdapter (the temporal modules)
+    DST/motion_modules/    diffusers MotionAdapter (the temporal modules)
     DST/speed_encoder/     speed MLP + the speed attention of every temporal module
     DST/audio_proj/        Hallo-style AudioProjModel
     DST/face_locator/      the face-locator conv net
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -33,6 +32,7 @@ from emo_jax.config import Config, from_dict, to_dict
 from emo_jax.errors import InputError
 from emo_jax.files import atomic_folder, read_json, write_json
 from emo_jax.models.emo import EMOModel, abstract_params
+from emo_jax.models.inventory import component_of
 from emo_jax.models.motion_adapter import MOTION_ADAPTER_FORMAT, adapter_config
 from emo_jax.models.unet import UNET_FORMAT
 from emo_jax.models.vae import VAE_FORMAT
@@ -43,44 +43,31 @@ from emo_jax.weights.pretrained import save_pretrained
 
 INDEX = "emo_index.json"
 FORMAT = "emo_jax-export"
+VERSION = 2  # 2: the temporal modules' folder is named motion_modules/ (was motion_module/)
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-def _motion(p: tuple[str, ...]) -> bool:
-    return any(s.startswith("motion_modules_") for s in p)
-
-
-def _speed(p: tuple[str, ...]) -> bool:
-    return p[0] == "speed_encoder" or (_motion(p) and any(s.startswith("speed_") for s in p))
 
 
 @dataclasses.dataclass(frozen=True)
 class Part:
-    """One exported component: which EMO param paths it holds, and its config.json."""
+    """One exported sub-folder: the components it holds (emo_jax.models.inventory)."""
 
     name: str
-    select: Callable[[tuple[str, ...]], bool]
+    components: tuple[str, ...]
     strip_top: bool  # drop the top-level module name from the keys
     class_name: str
 
+    def select(self, path: tuple[str, ...]) -> bool:
+        return component_of(path) in self.components
 
+
+# The backbone's folder holds its audio-attention too: diffusers' UNet has a slot for it.
 PARTS = (
-    Part("reference_unet", lambda p: p[0] == "reference_unet", True, "UNet2DConditionModel"),
-    Part(
-        "denoising_unet",
-        lambda p: p[0] == "denoising_unet" and not _motion(p),
-        True,
-        "UNet2DConditionModel",
-    ),
-    Part(
-        "motion_module",
-        lambda p: p[0] == "denoising_unet" and _motion(p) and not _speed(p),
-        True,
-        "MotionAdapter",
-    ),
-    Part("speed_encoder", _speed, False, "SpeedEncoder"),
-    Part("audio_proj", lambda p: p[0] == "audio_proj", True, "AudioProjModel"),
-    Part("face_locator", lambda p: p[0] == "face_locator", True, "FaceLocator"),
+    Part("reference_unet", ("reference_unet",), True, "UNet2DConditionModel"),
+    Part("denoising_unet", ("denoising_unet", "audio_attention"), True, "UNet2DConditionModel"),
+    Part("motion_modules", ("motion_modules",), True, "MotionAdapter"),
+    Part("speed_encoder", ("speed_encoder",), False, "SpeedEncoder"),
+    Part("audio_proj", ("audio_proj",), True, "AudioProjModel"),
+    Part("face_locator", ("face_locator",), True, "FaceLocator"),
 )
 
 
@@ -146,7 +133,7 @@ def export_model(folder: str | Path, config: Config, params: dict, overwrite: bo
                     Entry(k, s, np.dtype(np.float32), lambda s=s: np.zeros(s, np.float32))
                     for k, s in missing.items()
                 ]
-            if part.name == "motion_module":
+            if part.name == "motion_modules":
                 save_pretrained(
                     tree,
                     adapter_config(config.model.unet, config.model.emo),
@@ -167,7 +154,7 @@ def export_model(folder: str | Path, config: Config, params: dict, overwrite: bo
         write_json(
             {
                 "format": FORMAT,
-                "version": 1,
+                "version": VERSION,
                 "config": to_dict(config),
                 "components": components,
                 "placeholders": placeholders,
@@ -186,6 +173,11 @@ def export_config(folder: str | Path) -> Config:
     index = read_json(Path(folder) / INDEX)
     if index.get("format") != FORMAT:
         raise InputError(f"{Path(folder) / INDEX}: not an emo_jax export index")
+    if index.get("version") != VERSION:
+        raise InputError(
+            f"{Path(folder) / INDEX}: export version {index.get('version')}, this emo_jax reads "
+            f"version {VERSION} (export the model again)"
+        )
     return from_dict(Config, index["config"], str(Path(folder) / INDEX))
 
 

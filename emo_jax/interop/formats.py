@@ -23,6 +23,7 @@ from emo_jax.config import Config, MotionAdapterConfig, UNetConfig, VAEConfig
 from emo_jax.errors import InputError
 from emo_jax.files import atomic_folder, read_json, write_json
 from emo_jax.interop import export, layouts
+from emo_jax.models.inventory import bundle_abstract
 from emo_jax.models.motion_adapter import MOTION_ADAPTER_FORMAT
 from emo_jax.models.unet import UNET_FORMAT
 from emo_jax.models.vae import VAE_FORMAT
@@ -118,21 +119,12 @@ def _read_component(path: Path) -> Model:
     fmt = folder_formats()[kind]
     cfg = read_config(path, fmt)
     if (path / "params").is_dir():
-        params = _read_orbax_params(
+        params = bundle.restore_params(
             path / "params", abstract_params(fmt.build(cfg, None), fmt, cfg)
         )
     else:
         params = from_pretrained(path, fmt)[1]
     return Model(kind, cfg, params)
-
-
-def _read_orbax_params(path: Path, abstract: Any) -> Any:
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            return ckptr.restore(path.absolute(), abstract)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: params do not fit the config ({first[:300]})") from None
 
 
 def read(
@@ -160,8 +152,8 @@ def read(
         return Model("emo", cfg, params)
     if fmt == "orbax":
         if bundle.is_bundle(path):
-            cfg, params = bundle.load_bundle(path)
-            return Model("emo", cfg, params)
+            cfg = bundle.load_bundle_config(path)
+            return Model("emo", cfg, bundle.load_bundle(path, bundle_abstract(cfg))[1])
         return _read_component(path)
     raise InputError(f"{path}: unknown source format {fmt!r} (known: {', '.join(FORMATS)})")
 
@@ -223,6 +215,19 @@ def _read_animatediff(path: Path) -> Model:
         use_motion_mid_block=any(k.startswith("mid_block.") for k in sd),
         motion_max_seq_length=int(pe[0].shape[1]) if pe else 32,
     )
+    for i, width in enumerate(channels):
+        for count, what in (
+            (cfg.motion_norm_num_groups, "GroupNorm groups"),
+            (cfg.motion_num_attention_heads, "attention heads"),
+        ):
+            if width % count:
+                key = layouts.animatediff_to_original(
+                    f"down_blocks.{i}.motion_modules.0.norm.weight"
+                )
+                raise InputError(
+                    f"{path}: {key} has {width} channels, not a multiple of the {count} {what} "
+                    "that AnimateDiff motion modules have (the file does not store them)"
+                )
     fmt = folder_formats()["motion_adapter"]
     params, _, _ = torch_to_flax(
         sd, abstract_params(fmt.build(cfg, None), fmt, cfg), source=str(path)

@@ -171,11 +171,11 @@ class EMOTwin(nn.Module):
         self.denoising_unet = UNet2DConditionModel.from_pretrained(
             folder / components["denoising_unet"]
         )
-        self.use_temporal = "motion_module" in components
+        self.use_temporal = "motion_modules" in components
         self.use_speed = "speed_encoder" in components
         self.use_audio = emo.use_audio
         self.motion_adapter = (
-            MotionAdapter.from_pretrained(folder / components["motion_module"])
+            MotionAdapter.from_pretrained(folder / components["motion_modules"])
             if self.use_temporal
             else None
         )

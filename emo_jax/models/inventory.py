@@ -1,4 +1,5 @@
-"""Parameter counts per component, from `jax.eval_shape` (nothing allocated)."""
+"""The components of the EMO param tree, and parameter counts per component (from
+`jax.eval_shape`, nothing allocated)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ from emo_jax.models.vae import VAE_FORMAT
 from emo_jax.models.wav2vec2 import WAV2VEC2_FORMAT
 from emo_jax.weights.pretrained import abstract_params as folder_params
 
+# The components of an EMO param tree, named after their modules in it. Stages train
+# components (`train.trainable`), the exported folder groups them (emo_jax.interop.export).
 COMPONENTS = (
-    "reference_net",
-    "backbone_spatial",
-    "audio_attention",
-    "temporal",
-    "speed",
+    "reference_unet",  # the ReferenceNet
+    "denoising_unet",  # the backbone's spatial layers
+    "audio_attention",  # the backbone's cross-attention (`attn2`) outside its motion modules
+    "motion_modules",  # the backbone's temporal modules (AnimateDiff's)
+    "speed_encoder",  # the speed MLP and the speed attention (`speed_*`) in every motion module
     "face_locator",
-    "audio_projection",
+    "audio_proj",
 )
 
 
@@ -31,18 +34,16 @@ def count(tree: Any) -> int:
 
 
 def component_of(path: tuple[str, ...]) -> str:
-    """Which EMO component a param path belongs to."""
+    """The component an EMO param path belongs to: its top module, except in the backbone."""
     top = path[0]
-    motion = any(p.startswith("motion_modules_") for p in path)
-    if top == "reference_unet":
-        return "reference_net"
-    if top == "speed_encoder" or (motion and any(p.startswith("speed_") for p in path)):
-        return "speed"
-    if motion:
-        return "temporal"
     if top == "denoising_unet":
-        return "audio_attention" if "attn2" in path else "backbone_spatial"
-    return {"face_locator": "face_locator", "audio_proj": "audio_projection"}[top]
+        if any(p.startswith("motion_modules_") for p in path):
+            speed = any(p.startswith("speed_") for p in path)
+            return "speed_encoder" if speed else "motion_modules"
+        return "audio_attention" if "attn2" in path else "denoising_unet"
+    if top not in COMPONENTS:
+        raise ValueError(f"{'/'.join(path)}: no component has the module {top}")
+    return top
 
 
 def emo_counts(abstract: Any) -> dict[str, int]:
@@ -53,11 +54,20 @@ def emo_counts(abstract: Any) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v}
 
 
+def bundle_abstract(config: Config) -> dict:
+    """The {"emo", "vae"} param shapes of a model bundle of `config`, nothing allocated."""
+    vae = config.model.vae
+    return {
+        "emo": abstract_params(EMOModel(config.model)),
+        "vae": folder_params(VAE_FORMAT.build(vae, None), VAE_FORMAT, vae),
+    }
+
+
 def parameter_counts(config: Config) -> dict[str, int]:
     """{component: parameter count} of the EMO model, its VAE and its audio encoder."""
-    counts = emo_counts(abstract_params(EMOModel(config.model)))
-    vae = config.model.vae
-    counts["vae"] = count(folder_params(VAE_FORMAT.build(vae, None), VAE_FORMAT, vae))
+    abstract = bundle_abstract(config)
+    counts = emo_counts(abstract["emo"])
+    counts["vae"] = count(abstract["vae"])
     if config.model.audio.encoder == "wav2vec2":
         w2v = Wav2Vec2Config()
         counts["audio_encoder (wav2vec2-base)"] = count(

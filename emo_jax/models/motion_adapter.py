@@ -111,9 +111,12 @@ def drop_position_tables(state_dict: dict) -> dict:
 
 
 def validate(cfg: MotionAdapterConfig) -> None:
-    """Raises ValueError for adapters emo_jax does not implement."""
+    """Raises ValueError for adapters emo_jax does not implement, or norm groups or heads that
+    do not divide the widths."""
     if cfg.conv_in_channels:
         raise ValueError("MotionAdapter with conv_in_channels (SparseCtrl-style) is not supported")
+    pretrained.check_divides(cfg, "motion_norm_num_groups")
+    pretrained.check_divides(cfg, "motion_num_attention_heads")
 
 
 MOTION_ADAPTER_FORMAT = pretrained.FolderFormat(

@@ -49,7 +49,8 @@ def _per_block(value: Any, n: int) -> tuple:
 
 
 def validate(cfg: UNetConfig) -> None:
-    """Raises ValueError for settings diffusers allows that emo_jax does not implement."""
+    """Raises ValueError for settings diffusers allows that emo_jax does not implement, or norm
+    groups that do not divide the widths."""
     defaults = UNetConfig()
     unsupported = [
         f.name
@@ -83,6 +84,7 @@ def validate(cfg: UNetConfig) -> None:
         raise ValueError("UNet: per-block cross_attention_dim of different widths")
     if cfg.resnet_time_scale_shift not in ("default", "scale_shift"):
         raise ValueError(f"UNet: resnet_time_scale_shift={cfg.resnet_time_scale_shift!r}")
+    pretrained.check_divides(cfg, "norm_num_groups")
 
 
 def block_specs(

@@ -202,11 +202,13 @@ def decode_images(vae: AutoencoderKL, params: Any, latents: jax.Array) -> jax.Ar
 
 
 def validate(cfg: VAEConfig) -> None:
-    """Raises ValueError for block types emo_jax does not implement."""
+    """Raises ValueError for block types emo_jax does not implement, or norm groups that do
+    not divide the widths."""
     bad = [t for t in cfg.down_block_types if t != "DownEncoderBlock2D"]
     bad += [t for t in cfg.up_block_types if t != "UpDecoderBlock2D"]
     if bad:
         raise ValueError(f"VAE block types not supported by emo_jax: {', '.join(bad)}")
+    pretrained.check_divides(cfg, "norm_num_groups")
 
 
 VAE_FORMAT = pretrained.FolderFormat(

@@ -24,15 +24,16 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from flax.traverse_util import flatten_dict, unflatten_dict
 
 from emo_jax.checkpoint.bundle import is_bundle, load_bundle, load_bundle_config
 from emo_jax.config import Config, load_config
 from emo_jax.errors import InputError, check_input
 from emo_jax.interop.export import export_config, import_model, is_export
 from emo_jax.models import emo
+from emo_jax.models.inventory import bundle_abstract
 from emo_jax.models.vae import VAE_FORMAT, AutoencoderKL
 from emo_jax.weights import pretrained
+from emo_jax.weights.convert import check_shapes
 
 DEFAULT_MODEL = Path(__file__).parents[1] / "assets" / "default_model"  # a bundle + card.json
 TINY_CONFIG = Path(__file__).parents[1] / "configs" / "model" / "tiny.yaml"  # tests, fallback
@@ -74,32 +75,12 @@ def random_params(config: Config, seed: int) -> dict:
     return {"emo": emo.init_params(emo.EMOModel(config.model), seed), "vae": vae}
 
 
-def abstract_params(config: Config) -> dict:
-    """{"emo", "vae"} param shapes for `config`, nothing allocated."""
-    vae = pretrained.abstract_params(AutoencoderKL(config.model.vae), VAE_FORMAT, config.model.vae)
-    return {"emo": emo.abstract_params(emo.EMOModel(config.model)), "vae": vae}
-
-
-def check_fit(params: dict, config: Config, source: str, limit: int = 3) -> dict:
+def check_fit(params: dict, config: Config, source: str) -> dict:
     """`params` as jnp arrays if they fit `config` exactly, else one InputError naming the
-    first missing, unexpected and mismatched keys."""
-    want = flatten_dict(abstract_params(config), sep="/")
-    have = flatten_dict(params, sep="/")
-    missing = [k for k in want if k not in have]
-    unexpected = [k for k in have if k not in want]
-    mismatched = [
-        f"{k} {tuple(have[k].shape)} != {tuple(want[k].shape)}"
-        for k in want
-        if k in have and tuple(have[k].shape) != tuple(want[k].shape)
-    ]
-    problems = [
-        f"{len(keys)} {kind}: {', '.join(keys[:limit])}{' ...' if len(keys) > limit else ''}"
-        for kind, keys in (("missing", missing), ("unexpected", unexpected), ("shape", mismatched))
-        if keys
-    ]
-    if problems:
-        raise InputError(f"{source}: the params do not fit the config ({'; '.join(problems)})")
-    return unflatten_dict({k: jnp.asarray(have[k], want[k].dtype) for k in want}, sep="/")
+    missing, unexpected and mismatched keys."""
+    want = bundle_abstract(config)
+    check_shapes(params, want, source)
+    return jax.tree_util.tree_map(lambda have, w: jnp.asarray(have, w.dtype), params, want)
 
 
 def _bundle(path: Path, config: Config | None) -> LoadedModel | None:

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.traverse_util import flatten_dict
 
 from emo_jax.errors import InputError
 from emo_jax.weights.io import Entry
@@ -147,7 +148,12 @@ class ConversionError(InputError):
 
 
 def _report(
-    source: str, missing: list[str], unexpected: list[str], mismatched: list[str], limit: int = 20
+    source: str,
+    missing: list[str],
+    unexpected: list[str],
+    mismatched: list[str],
+    limit: int = 20,
+    what: str = "state dict does not fit the model",
 ) -> None:
     def show(kind: str, keys: list[str]) -> str:
         more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
@@ -163,7 +169,24 @@ def _report(
         if keys
     ]
     if parts:
-        raise ConversionError(f"{source}: state dict does not fit the model: " + "; ".join(parts))
+        raise ConversionError(f"{source}: {what}: " + "; ".join(parts))
+
+
+def check_shapes(saved: Any, expected: Any, source: str) -> None:
+    """Raises ConversionError naming every missing, unexpected and mismatched leaf of a saved
+    param tree against the expected one (leaves of both: anything with a `.shape`)."""
+    have = {k: tuple(v.shape) for k, v in flatten_dict(saved, sep="/").items()}
+    want = {k: tuple(v.shape) for k, v in flatten_dict(expected, sep="/").items()}
+    mismatched = [
+        f"{k} {have[k]} != expected {s}" for k, s in want.items() if k in have and have[k] != s
+    ]
+    _report(
+        source,
+        [k for k in want if k not in have],
+        sorted(k for k in have if k not in want),
+        mismatched,
+        what="the params do not fit the config",
+    )
 
 
 def _to_device(value: np.ndarray) -> Any:

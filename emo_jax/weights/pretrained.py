@@ -39,6 +39,17 @@ class FolderFormat:
     extra_tensors: Callable[[Any, dict], dict] = lambda cfg, sd: {}
 
 
+def check_divides(cfg: Any, count_key: str, widths_key: str = "block_out_channels") -> None:
+    """Raises ValueError naming both settings unless `cfg.<count_key>` (one count, or one per
+    block) divides every width in `cfg.<widths_key>`: norm groups and attention heads."""
+    widths, count = getattr(cfg, widths_key), getattr(cfg, count_key)
+    counts = count if isinstance(count, (list, tuple)) else (count,) * len(widths)
+    if any(w % c for w, c in zip(widths, counts)):
+        raise ValueError(
+            f"{widths_key} {list(widths)} are not all multiples of {count_key} {count}"
+        )
+
+
 def read_config(folder: Path, fmt: FolderFormat) -> Any:
     """A folder's config.json as `fmt.config_cls`, bookkeeping keys dropped."""
     path = folder / "config.json"
