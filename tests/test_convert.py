@@ -266,7 +266,8 @@ def test_torch_twin_matches_flax(bundle_params, tmp_path):
             None if keep is None else {dropped: torch.tensor([False])},
         )
         theirs = np.moveaxis(theirs.numpy(), -3, -1)
-        assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max(), dropped
+        # float32: measured 1.3e-6 to 1.6e-6 of the largest output (also of the norm)
+        assert np.abs(ours - theirs).max() <= 5e-6 * np.abs(theirs).max(), dropped
 
 
 def test_start_of_training_bundle_reports_what_was_loaded(tmp_path, capsys):
