@@ -2,8 +2,8 @@
 
 Frame k of a video owns audio samples [k * spf, (k + 1) * spf), spf = sample_rate / fps (640 at
 16 kHz and 25 fps). A clip starting at frame s (video mode) holds motion frames [s, s + n) and
-target frames [t0, t0 + f) with t0 = s + n; its audio covers frames [t0 - m, t0 + f + m),
-zero-padded beyond the ends of the video, with the part inside the video (`audio_span`) and the
+target frames [t0, t0 + f) with t0 = s + n; its audio covers frames [t0 - c, t0 + f + c)
+(c = m + p: the window and the encoder's margin, `ClipSpec`), zero-padded beyond the ends of the video, with the part inside the video (`audio_span`) and the
 whole track's normalisation statistics (`audio_stats`, emo_jax.audio.features.track_stats).
 """
 
