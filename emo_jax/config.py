@@ -608,6 +608,7 @@ class ClipSpec:
     n_frames: int  # f: model.emo.n_frames
     n_motion_frames: int  # n: model.emo.n_motion_frames
     audio_context: int  # m: frames of audio before and after the clip, model.audio.window
+    audio_margin: int  # p: frames of audio beyond those, which the encoder sees at the ends
 
     @property
     def samples_per_frame(self) -> int:
@@ -638,7 +639,18 @@ def clip_spec(model: ModelConfig) -> ClipSpec:
         n_frames=emo.n_frames,
         n_motion_frames=emo.n_motion_frames,
         audio_context=audio.window,
+        audio_margin=audio_margin(audio),
     )
+
+
+WAV2VEC2_SPAN = 400 + 320  # samples: wav2vec2's receptive field and hop (its conv front end)
+
+
+def audio_margin(audio: AudioConfig) -> int:
+    """Frames of audio an encoder needs beyond a frame to give its features exactly: its
+    receptive field and hop (wav2vec2's attention reaches further; see emo_jax.audio.features)."""
+    span = audio.mel_n_fft + audio.mel_hop if audio.encoder == "mel" else WAV2VEC2_SPAN
+    return -(-span // (audio.sample_rate // round(audio.fps)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -131,7 +131,9 @@ def test_video_batches_shapes_and_dtypes(corpus):
         "frames": ((2, 12, RES, RES, 3), np.uint8),
         "motion_frames": ((2, 4, RES, RES, 3), np.uint8),
         "reference": ((2, RES, RES, 3), np.uint8),
-        "audio": ((2, (12 + 4) * 640), np.float32),
+        "audio": ((2, (12 + 2 * 4) * 640), np.float32),  # m = 2, wav2vec2's margin 2
+        "audio_span": ((2, 2), np.int32),
+        "audio_stats": ((2, 2), np.float32),
         "mask": ((2, RES, RES), np.float32),
         "speed": ((2, 12), np.float32),
     }
@@ -152,8 +154,11 @@ def test_example_matches_the_records(corpus):
     (batch,) = _take(make_loader(_cfg(out, shuffle=False), 0, 1), 1)
     entry = manifest["videos"][0]  # first clip: video 0, frames 0..15, targets 4..15
     recs = [records.decode_frame(r) for r in records.read_shard(out / entry["shard"])]
-    audio = np.concatenate([r["audio"] for r in recs[2:18]])  # targets +- m = 2 frames
+    audio = np.concatenate([r["audio"] for r in recs[0:20]])  # targets +- (m = 2) + 2 frames
     assert np.array_equal(batch["audio"][0], audio)
+    assert batch["audio_span"][0].tolist() == [0, 20]
+    track = np.concatenate([r["audio"] for r in recs])
+    assert np.array_equal(batch["audio_stats"][0], [track.mean(), np.sqrt(track.var() + 1e-7)])
     assert np.allclose(batch["speed"][0], [r["speed"] for r in recs[4:16]])
     target = np.stack([records.decode_jpeg(r["jpeg"]) for r in recs[4:16]])
     assert np.array_equal(batch["frames"][0], target)

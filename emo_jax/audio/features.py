@@ -13,7 +13,9 @@ Contract: a waveform of N samples at `sample_rate` gives an array (frames, 2m+1,
 - Window: entry k of frame f is frame f + k - m; frames before 0 or after the end repeat the
   first or the last frame (as Hallo does).
 - The waveform is normalised first as transformers' Wav2Vec2FeatureExtractor does: zero mean,
-  unit variance over the whole utterance.
+  unit variance over the whole track (`track_stats`), never over a part of it: training
+  normalises an example's audio slice with its video's track statistics, so a training
+  example's features equal generation's features for the same frames.
 - Long audio runs through the encoder in chunks of `chunk_seconds` of video frames, each with
   `context_seconds` of extra audio each side for wav2vec2 (whose attention spans the chunk),
   so memory is bounded by the chunk length. Audio up to one chunk long is one exact pass;
@@ -44,10 +46,18 @@ class SilentAudioWarning(UserWarning):
     """The audio is (digitally) silent: features are computed, but carry no speech."""
 
 
-def normalize(wave: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance, as Wav2Vec2FeatureExtractor(do_normalize=True)."""
+def track_stats(wave: np.ndarray) -> np.ndarray:
+    """(2,) float32: the mean and standard deviation (+1e-7 in the variance) of a whole track."""
     wave = np.asarray(wave, np.float32)
-    return (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
+    return np.array([wave.mean(), np.sqrt(wave.var() + 1e-7)], np.float32)
+
+
+def normalize(wave: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
+    """Zero mean, unit variance, as Wav2Vec2FeatureExtractor(do_normalize=True), with the
+    track's `stats` (default: `wave` is the whole track)."""
+    wave = np.asarray(wave, np.float32)
+    mean, std = track_stats(wave) if stats is None else stats
+    return (wave - mean) / std
 
 
 def num_frames(num_samples: int, sample_rate: int, fps: float) -> int:

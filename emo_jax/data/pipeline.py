@@ -3,15 +3,17 @@ with a checkpointable iterator (`it.get_state()` / `it.set_state(state)`, or Orb
 `grain.checkpoint.CheckpointSave/CheckpointRestore`).
 
 Batches (B = data.batch_size / process_count, S = data.resolution; F = n_frames,
-n = n_motion_frames, m = audio_context, spf = samples_per_frame = 640: the model's, `clip_spec`):
+n = n_motion_frames, m = audio_context, p = audio_margin, spf = samples_per_frame = 640: the model's, `clip_spec`):
 
 mode "video" (stages 2 and 3):
   "frames"         (B, F, S, S, 3) uint8 RGB   target frames (x / 127.5 - 1 gives [-1, 1])
   "motion_frames"  (B, n, S, S, 3) uint8 RGB   the n frames just before the targets
   "reference"      (B, S, S, 3)    uint8 RGB   a random other frame of the same video
-  "audio"          (B, (F + 2m) * spf) float32 16 kHz waveform of frames [t0 - m, t0 + F + m);
-                                               samples [j * spf, (j + 1) * spf) belong to frame
-                                               t0 - m + j; zeros beyond the video's ends
+  "audio"          (B, (F + 2c) * spf) float32 16 kHz waveform of frames [t0 - c, t0 + F + c),
+                                               c = m + p; samples [j * spf, (j + 1) * spf) belong
+                                               to frame t0 - c + j; zeros beyond the video's ends
+  "audio_span"     (B, 2) int32                frames [a, b) of "audio" inside the video
+  "audio_stats"    (B, 2) float32              the video's track mean and std (track_stats)
   "mask"           (B, S, S) float32 0/1       union of the target frames' face boxes
   "speed"          (B, F) float32              head rotation speed, degrees per frame
 mode "image" (stage 1): "frames" (B, 1, S, S, 3), "reference" and "mask" as above.
@@ -63,7 +65,11 @@ class LoadExample(grain.transforms.RandomMap):
             }
         else:
             example = reader.clip(
-                video, start, clip.n_motion_frames, clip.n_frames, clip.audio_context
+                video,
+                start,
+                clip.n_motion_frames,
+                clip.n_frames,
+                clip.audio_context + clip.audio_margin,
             )
             t0 = start + clip.n_motion_frames
             example["reference"] = reader.reference(video, range(t0, t0 + clip.n_frames), rng)

@@ -2,8 +2,9 @@
 
 Frame k of a video owns audio samples [k * spf, (k + 1) * spf), spf = sample_rate / fps (640 at
 16 kHz and 25 fps). A clip starting at frame s (video mode) holds motion frames [s, s + n) and
-target frames [t0, t0 + f) with t0 = s + n; its audio covers frames [t0 - m, t0 + f + m),
-zero-padded beyond the ends of the video.
+target frames [t0, t0 + f) with t0 = s + n; its audio covers frames [t0 - c, t0 + f + c)
+(c = m + p: the window and the encoder's margin, `ClipSpec`), zero-padded beyond the ends of the video, with the part inside the video (`audio_span`) and the
+whole track's normalisation statistics (`audio_stats`, emo_jax.audio.features.track_stats).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emo_jax.audio.features import track_stats
 from emo_jax.data.records import decode_frame, decode_jpeg
 from emo_jax.errors import InputError
 
@@ -105,6 +107,7 @@ class FrameReader:
         self.corpus = corpus
         self.resolution = resolution
         self._source = None
+        self._stats: dict[int, np.ndarray] = {}
 
     def read(self, video: int, frames: range) -> list[dict]:
         """Decoded records of frames `frames` of video `video`."""
@@ -119,6 +122,13 @@ class FrameReader:
         base = int(self.corpus.offsets[video])
         keys = [base + k for k in frames]
         return [decode_frame(raw) for raw in self._source.__getitems__(keys)]
+
+    def audio_stats(self, video: int) -> np.ndarray:
+        """`track_stats` of the video's whole audio track (read once, then cached)."""
+        if video not in self._stats:
+            recs = self.read(video, range(int(self.corpus.n_frames[video])))
+            self._stats[video] = track_stats(np.concatenate([r["audio"] for r in recs]))
+        return self._stats[video]
 
     def image(self, rec: dict) -> np.ndarray:
         """The record's frame as RGB uint8 (resolution, resolution, 3)."""
@@ -168,6 +178,8 @@ class FrameReader:
             if n_motion
             else np.zeros((0, self.resolution, self.resolution, 3), np.uint8),
             "audio": audio,
+            "audio_span": np.array([max(lo, t0 - context), hi], np.int32) - (t0 - context),
+            "audio_stats": self.audio_stats(video),
             "mask": self.mask(target),
             "speed": np.array([r["speed"] for r in target], np.float32),
         }

@@ -10,34 +10,39 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from emo_jax.audio.features import AudioFeatures, SilentAudioWarning
+from emo_jax.audio.features import AudioFeatures, normalize, window_frames
 from emo_jax.config import Config, ConfigError, clip_spec
 from emo_jax.data.pipeline import make_loader
 from emo_jax.models.emo import audio_feature_shape
 
 
 class AudioWindows:
-    """Raw waveform slices of frames [t0-m, t0+F+m) -> features (F, 2m+1, layers, dim) of the
-    F target frames (their windows see real audio on both sides)."""
+    """Raw waveform slices of frames [t0-c, t0+F+c), c = m + p (`ClipSpec`) -> features (F, 2m+1, layers, dim) of the
+    F target frames, equal to the whole track's (`AudioFeatures`, as generation computes them)
+    for the same frames: the slice's part inside the video, normalised with the track's
+    statistics, through the encoder; frames beyond the video's ends repeat its end frames."""
 
     def __init__(self, cfg: Config):
         clip = clip_spec(cfg.model)
         self.features = AudioFeatures(cfg.model.audio)
-        self.m, self.f = clip.audio_context, clip.n_frames
+        self.m, self.f, self.spf = clip.audio_context, clip.n_frames, clip.samples_per_frame
+        self.c = clip.audio_context + clip.audio_margin
 
-    def __call__(self, waves: np.ndarray) -> np.ndarray:
-        out = []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SilentAudioWarning)
-            for wave in waves:
-                out.append(self.features(wave)[self.m : self.m + self.f])
+    def __call__(self, waves: np.ndarray, spans: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        """(B, (F+2c)*spf) waves, (B, 2) spans [a, b), (B, 2) track stats."""
+        out, spf, n = [], self.spf, self.f + 2 * self.c
+        for wave, (a, b), s in zip(waves, spans, stats):
+            piece = normalize(wave[a * spf : b * spf], s)
+            frames = np.concatenate(list(self.features.iter_frames(piece)))  # (b-a, layers, dim)
+            ends = (np.repeat(frames[:1], a, 0), np.repeat(frames[-1:], n - b, 0))
+            frames = np.concatenate([ends[0], frames, ends[1]])  # (F+2c, layers, dim)
+            out.append(window_frames(frames, self.m)[self.c : self.c + self.f])
         return np.stack(out).astype(np.float32)  # (B, F, 2m+1, layers, dim)
 
 
@@ -89,9 +94,9 @@ class BatchStream:
 def prepare(batch: dict[str, np.ndarray], audio: AudioWindows | None) -> dict[str, np.ndarray]:
     """A loader batch -> model inputs: audio waveforms -> features (or dropped without audio)."""
     out = dict(batch)
-    wave = out.pop("audio", None)
+    wave, span, stats = (out.pop(k, None) for k in ("audio", "audio_span", "audio_stats"))
     if audio is not None and wave is not None:
-        out["audio"] = audio(wave)
+        out["audio"] = audio(wave, span, stats)
     return out
 
 

@@ -30,8 +30,8 @@ def validation_example(cfg: Config) -> tuple[dict[str, np.ndarray], np.ndarray |
     wave = None
     if "audio" in raw:
         clip = clip_spec(cfg.model)
-        m, spf = clip.audio_context, clip.samples_per_frame
-        wave = raw["audio"][0, m * spf : (m + clip.n_frames) * spf]
+        c, spf = clip.audio_context + clip.audio_margin, clip.samples_per_frame
+        wave = raw["audio"][0, c * spf : (c + clip.n_frames) * spf]
     use_audio = data.mode == "video" and cfg.model.emo.use_audio
     return prepare(raw, AudioWindows(cfg) if use_audio else None), wave
 
