@@ -19,7 +19,8 @@ from emo_jax.cli import main
 from emo_jax.diffusion.samplers import ddim, init_state, step
 from emo_jax.diffusion.schedule import alphas_cumprod
 from emo_jax.interop import hallo
-from emo_jax.models.hallo import HalloModel, apply_part, encode_reference
+from emo_jax.models.emo import encode_reference
+from emo_jax.models.hallo import HalloModel, apply_part
 from emo_jax.models.vae import AutoencoderKL
 
 HERE = Path(__file__).parent

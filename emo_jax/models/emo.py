@@ -190,18 +190,13 @@ def _unwrap(variables: Any) -> dict:
     }
 
 
-def encode_reference(
-    model: EMOModel,
-    params: Any,
-    reference_latent: jax.Array,
-    motion_latents: jax.Array | None = None,
-) -> dict:
-    """`EMOModel.encode_reference` as a function of the params (once per video / clip)."""
+def encode_reference(model: nn.Module, params: Any, *inputs: jax.Array | None) -> dict:
+    """`model.encode_reference(*inputs)` as a function of the params (once per video / clip):
+    the ReferenceNet features of an EMO or Hallo model."""
     features, _ = model.apply(
         {"params": params},
-        reference_latent,
-        motion_latents,
-        method=EMOModel.encode_reference,
+        *inputs,
+        method=type(model).encode_reference,
         mutable=[REFERENCE, MOTION],
     )
     return features

@@ -16,7 +16,7 @@ ReferenceNet and the denoiser, with what Hallo adds switched on by `model.emo.fa
   modules of the blocks with attention; those of the blocks without attention never run.
 
     conds = model.apply(p, face_emb, audio, region, method=HalloModel.conditions)
-    features = encode_reference(model, p, stack, conds["context"])  # once per clip
+    features = encode_reference(model, p, stack, conds["context"])  # models.emo; once per clip
     out = model.apply(p, latents, t, features, conds, masks, motion_scale)  # per step
 
 Batches are Hallo's guided pair for one video: row 0 unconditional (no face embedding, audio,
@@ -35,7 +35,7 @@ from emo_jax.config import ModelConfig
 from emo_jax.models.audio_proj import AudioProjection
 from emo_jax.models.face_locator import FaceLocator
 from emo_jax.models.image_proj import ImageProjection
-from emo_jax.models.unet import MOTION, UNet2DConditionModel
+from emo_jax.models.unet import UNet2DConditionModel
 from emo_jax.nn.conditions import Conditions
 from emo_jax.nn.transformer import REFERENCE
 
@@ -151,18 +151,6 @@ class HalloModel(nn.Module):
         )
         out = self.denoising_unet(x, timesteps, context, cond, sample_residual=residual)
         return out.reshape(b, f, h, w, -1).astype(jnp.float32)
-
-
-def encode_reference(model: HalloModel, params: Any, stack: jax.Array, context: jax.Array) -> dict:
-    """`HalloModel.encode_reference` as a function of the params (once per clip)."""
-    features, _ = model.apply(
-        {"params": params},
-        stack,
-        context,
-        method=HalloModel.encode_reference,
-        mutable=[REFERENCE, MOTION],
-    )
-    return features
 
 
 def abstract_params(model: HalloModel) -> Any:
