@@ -97,8 +97,8 @@ def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(corpus, refe
     _assert_close(got, want, ts.checkpoint_params(reference, 2), rtol=1e-6)
 
 
-# Slow until looked at: at the 1% bound of assert_trained_alike these failed on main in the
-# last session's fresh-clone run (never seen passing); run with -m slow (see the closing note).
+# Slow until seen passing: they failed on `assert moved > 0` (a speed_norm bias that two steps do
+# not move), since replaced by an exact-equality check; run with -m slow (see the closing note).
 @pytest.mark.slow
 def test_meshes_8x1_2x4_1x8_match_one_device(corpus, reference, tmp_path):
     out = tmp_path / "meshes.json"
@@ -129,8 +129,8 @@ def test_meshes_8x1_2x4_1x8_match_one_device(corpus, reference, tmp_path):
         assert all(share <= s < share * 1.1 for s in r["share"]), (mesh, r["share"])
 
 
-# Slow until looked at: at the 1% bound of assert_trained_alike these failed on main in the
-# last session's fresh-clone run (never seen passing); run with -m slow (see the closing note).
+# Slow until seen passing: they failed on `assert moved > 0` (a speed_norm bias that two steps do
+# not move), since replaced by an exact-equality check; run with -m slow (see the closing note).
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh", ["data", "fsdp"])
 def test_two_processes_match_one(mesh, corpus, reference, tmp_path):
