@@ -86,7 +86,7 @@ def test_training_features_equal_generation_features(tmp_path, n_motion):
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, generation[t0 : t0 + f])  # bit-exact
         old = _old_loader_features(track, MEL, t0, f)  # the loader's before they were stored
-        np.testing.assert_allclose(got, old, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got, old)  # bit-exact too (mel is local)
 
 
 def test_wav2vec2_features_equal_generation_features(tmp_path):

@@ -134,8 +134,12 @@ def test_other_audio_features_rewrite_only_the_features(corpus, tmp_path):
     result = json.loads((copy / "videos" / f"{entry['id']}.json").read_text())
     again = preprocess(videos, copy, cfg, workers=1, progress=False)
     assert again["audio_features"] == records.audio_spec(audio) != manifest["audio_features"]
-    assert again["settings"] == {**manifest["settings"], "audio_dtype": "float16",
-                                 "audio_features": records.spec_digest(records.audio_spec(audio))}  # fmt: skip
+    digest = records.spec_digest(records.audio_spec(audio))
+    assert again["settings"] == {
+        **manifest["settings"],
+        "audio_dtype": "float16",
+        "audio_features": digest,
+    }
     assert again["videos"] == manifest["videos"] and again["skipped"] == manifest["skipped"]
     after = [msgpack.unpackb(r) for r in records.read_shard(copy / entry["shard"])]
     assert [{**r, "features": None} for r in after] == [{**r, "features": None} for r in before]

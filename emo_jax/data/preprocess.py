@@ -17,8 +17,9 @@ so that training never runs an audio encoder). Output folder:
 
 Runs are resumable: a video whose result file matches the file's size, mtime and the settings is
 not processed again; one whose audio feature settings alone differ (another model.audio or
-data.audio_dtype, or a shard from before features were stored) only has its features rewritten. Bad input (not a video, no audio track, no face, corrupt data) is reported
-in the manifest and the run goes on; a corrupt frame trims the video there.
+data.audio_dtype, or a shard from before features were stored) only has its features
+rewritten. Bad input (not a video, no audio track, no face, corrupt data) is reported in the
+manifest and the run goes on; a corrupt frame trims the video there.
 """
 
 from __future__ import annotations

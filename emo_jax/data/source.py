@@ -66,7 +66,10 @@ class Corpus:
     def check_audio(self, cfg: AudioConfig) -> None:
         """An error unless the stored features are `cfg`'s (re-running preprocess fixes it)."""
         path = self.root / "manifest.json"
-        fix = f"re-run `emo-jax preprocess --out {self.root}` with this config (it rewrites only the features)"
+        fix = (
+            f"re-run `emo-jax preprocess --out {self.root}` with this config (it rewrites only "
+            "the features)"
+        )
         if self.audio_features is None:
             raise InputError(
                 f"{path}: the shards hold no audio features (made before they were stored): {fix}"
