@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding
 
 from emo_jax.config import Config, ConfigError, clip_spec
 from emo_jax.data.pipeline import make_loader
+from emo_jax.data.source import Corpus
 from emo_jax.models.emo import audio_feature_shape
 
 
@@ -74,6 +75,16 @@ def eval_data(cfg: Config) -> Config:
     shards = cfg.train.eval_shards or cfg.data.shards
     data = dataclasses.replace(cfg.data, shards=shards, seed=cfg.data.seed + 1, hue_augment=0.0)
     return dataclasses.replace(cfg, data=data)
+
+
+def check_corpora(cfg: Config) -> None:
+    """The corpora a run reads (training; evaluation if it scores batches) exist and, with
+    audio, hold `cfg.model.audio`'s features: their errors before anything compiles."""
+    shards = {cfg.data.shards, *([eval_data(cfg).data.shards] if cfg.train.eval_batches else [])}
+    for folder in sorted(shards):
+        corpus = Corpus.load(folder)
+        if cfg.data.mode == "video" and cfg.model.emo.use_audio:
+            corpus.check_audio(cfg.model.audio)
 
 
 def fixed_batches(cfg: Config, shardings: dict[str, NamedSharding]) -> list[dict]:
