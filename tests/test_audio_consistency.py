@@ -5,12 +5,14 @@ computed before they were stored (an encoder over each example's slice); the sha
 model.audio that made them."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 from test_audio_features import save_tiny_wav2vec2
 
 from emo_jax.audio.features import AudioFeatures, normalize, track_stats, window_frames
+from emo_jax.cli import main
 from emo_jax.config import AudioConfig, Config, DataConfig, EMOConfig, ModelConfig
 from emo_jax.data import records
 from emo_jax.data.pipeline import make_loader
@@ -19,6 +21,7 @@ from emo_jax.errors import InputError
 from emo_jax.files import write_json
 
 SPF, N_VIDEO = 640, 30
+TINY = str(Path(__file__).resolve().parents[1] / "configs/train/tiny.yaml")  # mel, 80 bins
 MEL = AudioConfig(encoder="mel", n_mels=16)
 
 
@@ -112,7 +115,7 @@ def test_float16_features_within_rounding(tmp_path):
     assert np.all(np.abs(half - full) <= 2.0**-11 * np.abs(full))
 
 
-def test_other_audio_config_and_old_shards_are_one_line_errors(tmp_path):
+def test_other_audio_config_and_old_shards_are_one_line_errors(tmp_path, capsys):
     track = _track()
     _corpus(tmp_path / "new", track, MEL)
     _corpus(tmp_path / "old", track, None)
@@ -126,6 +129,14 @@ def test_other_audio_config_and_old_shards_are_one_line_errors(tmp_path):
     )
     with pytest.raises(InputError, match=r"old/manifest.json: the shards hold no audio features"):
         make_loader(_cfg(tmp_path / "old", MEL), 0, 1)
+    # `emo-jax train`: the same line, exit 2, before anything compiles or is written
+    run = ["train.out_dir=" + str(tmp_path / "run"), "data.resolution=16"]
+    assert (
+        main(["train", "--config", TINY, "--stage", "2", f"data.shards={tmp_path}/new", *run]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "n_mels=16; this config has n_mels=80: re-run" in err[0]
+    assert not (tmp_path / "run").exists()
     # no audio needed: old shards and another audio config serve stage 1
     assert next(iter(make_loader(_cfg(tmp_path / "old", other, mode="image"), 0, 1)))
     no_audio = dataclasses.replace(_cfg(tmp_path / "old", MEL), model=ModelConfig(
