@@ -591,10 +591,15 @@ class DataConfig:
     jpeg_quality: int = 95
     min_face_fraction: float = 0.5  # skip a video whose face is found in fewer frames
     min_frames: int = 25  # skip (or do not trim below) videos shorter than this
+    audio_dtype: str = "float32"  # model.audio's features in the shards: float32 | float16
 
     def __post_init__(self):
         if self.mode not in ("video", "image"):
             raise ConfigError(f"data.mode: {self.mode!r} is not one of video, image")
+        if self.audio_dtype not in ("float32", "float16"):
+            raise ConfigError(
+                f"data.audio_dtype: {self.audio_dtype!r} is not one of float32, float16"
+            )
         if not 0.0 <= self.hue_augment <= 1.0:
             raise ConfigError(f"data.hue_augment: {self.hue_augment} is not in [0, 1]")
 
@@ -607,8 +612,7 @@ class ClipSpec:
     sample_rate: int  # model.audio.sample_rate
     n_frames: int  # f: model.emo.n_frames
     n_motion_frames: int  # n: model.emo.n_motion_frames
-    audio_context: int  # m: frames of audio before and after the clip, model.audio.window
-    audio_margin: int  # p: frames of audio beyond those, which the encoder sees at the ends
+    audio_context: int  # m: frames of audio features before and after the clip, model.audio.window
 
     @property
     def samples_per_frame(self) -> int:
@@ -639,18 +643,7 @@ def clip_spec(model: ModelConfig) -> ClipSpec:
         n_frames=emo.n_frames,
         n_motion_frames=emo.n_motion_frames,
         audio_context=audio.window,
-        audio_margin=audio_margin(audio),
     )
-
-
-WAV2VEC2_SPAN = 400 + 320  # samples: wav2vec2's receptive field and hop (its conv front end)
-
-
-def audio_margin(audio: AudioConfig) -> int:
-    """Frames of audio an encoder needs beyond a frame to give its features exactly: its
-    receptive field and hop (wav2vec2's attention reaches further; see emo_jax.audio.features)."""
-    span = audio.mel_n_fft + audio.mel_hop if audio.encoder == "mel" else WAV2VEC2_SPAN
-    return -(-span // (audio.sample_rate // round(audio.fps)))
 
 
 @dataclasses.dataclass(frozen=True)

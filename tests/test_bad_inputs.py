@@ -136,7 +136,9 @@ CASES = [
     ("preprocess --videos {full} --out {text}", "{text}: is a file, not a folder", 2),
     ("preprocess --videos {full} --out {ro}/p", "{ro}/p: cannot write in {ro} (Permission denied)", 2),
     ("preprocess --videos {no_videos} --out {tmp}/p", "{no_videos}: no video files (.mp4, .mov, .mkv, .avi, .webm, .m4v, .mpg, .mpeg, .flv)", 2),
-    ("preprocess --videos {bad_videos} --out {tmp}/p", "{bad_videos}: none of the 1 videos is usable (each skipped one is named above with the reason)", 2),
+    ("preprocess --videos {bad_videos} --out {tmp}/p --config {model_yaml}", "{bad_videos}: none of the 1 videos is usable (each skipped one is named above with the reason)", 2),
+    ("preprocess --videos {bad_videos} --out {tmp}/p", "model.audio.wav2vec2_path: not set (a transformers wav2vec2 folder, e.g. facebook/wav2vec2-base-960h; or model.audio.encoder=mel needs no weights)", 2),
+    ("preprocess --videos {bad_videos} --out {tmp}/p model.audio.wav2vec2_path={tmp}/w", "{tmp}/w: model.audio.wav2vec2_path not found", 2),
     ("preprocess --videos {full} --out {tmp}/p data.crop_scale=x", "config.data.crop_scale: expected a number, got 'x'", 2),
     # synth
     ("synth --out {tmp}/c --identities 0", "argument --identities: 0: must be at least 1", 2),

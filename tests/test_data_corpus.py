@@ -1,14 +1,25 @@
 """Preprocessing a tiny synthetic corpus (with bad inputs) and the Grain pipeline over it."""
 
+import dataclasses
 import json
 import shutil
 
 import av
+import msgpack
 import numpy as np
 import pytest
 import soundfile as sf
 
-from emo_jax.config import Config, ConfigError, DataConfig, TrainConfig, load_config
+from emo_jax.audio.features import window_frames
+from emo_jax.config import (
+    AudioConfig,
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    load_config,
+)
 from emo_jax.data import records, synth
 from emo_jax.data.pipeline import YIQ, make_loader, rotate_hue
 from emo_jax.data.preprocess import preprocess
@@ -18,6 +29,7 @@ from emo_jax.faces.track import box_iou
 from emo_jax.train.data import eval_data
 
 RES = 64
+MODEL = ModelConfig(audio=AudioConfig(encoder="mel", n_mels=16))  # the features stored
 
 
 def _corrupt_middle(path, out):
@@ -47,7 +59,7 @@ def corpus(tmp_path_factory):
     with VideoWriter(videos / "noface.mp4", audio=np.zeros(32000, np.float32)) as w:
         w.write(noise)
     out = root / "processed"
-    cfg = Config(data=DataConfig(shards=str(out), resolution=RES))
+    cfg = Config(model=MODEL, data=DataConfig(shards=str(out), resolution=RES))
     manifest = preprocess(videos, out, cfg, workers=2, progress=False)
     return videos, out, manifest
 
@@ -98,25 +110,48 @@ def test_rerun_is_idempotent(corpus):
     videos, out, manifest = corpus
     shard = out / manifest["videos"][1]["shard"]
     stamp = shard.stat().st_mtime_ns
-    again = preprocess(
-        videos, out, Config(data=DataConfig(resolution=RES)), workers=1, progress=False
-    )
+    cfg = Config(model=MODEL, data=DataConfig(resolution=RES))
+    again = preprocess(videos, out, cfg, workers=1, progress=False)
     assert again == manifest and shard.stat().st_mtime_ns == stamp
     # a changed setting re-processes; a new file is picked up alone
     shutil.copy(videos / "id0000_clip00.mp4", videos / "sub" / "copy.mp4")
-    third = preprocess(
-        videos, out, Config(data=DataConfig(resolution=RES)), workers=1, progress=False
-    )
+    third = preprocess(videos, out, cfg, workers=1, progress=False)
     assert third["counts"]["videos_ok"] == 5 and shard.stat().st_mtime_ns == stamp
     (videos / "sub" / "copy.mp4").unlink()
-    assert (
-        preprocess(videos, out, Config(data=DataConfig(resolution=RES)), progress=False) == manifest
+    assert preprocess(videos, out, cfg, progress=False) == manifest
+
+
+def test_other_audio_features_rewrite_only_the_features(corpus, tmp_path):
+    videos, out, manifest = corpus
+    copy = tmp_path / "processed"
+    shutil.copytree(out, copy)
+    audio = dataclasses.replace(MODEL.audio, n_mels=8)
+    cfg = Config(
+        model=ModelConfig(audio=audio), data=DataConfig(resolution=RES, audio_dtype="float16")
     )
+    entry = manifest["videos"][1]
+    before = [msgpack.unpackb(r) for r in records.read_shard(copy / entry["shard"])]
+    result = json.loads((copy / "videos" / f"{entry['id']}.json").read_text())
+    again = preprocess(videos, copy, cfg, workers=1, progress=False)
+    assert again["audio_features"] == records.audio_spec(audio) != manifest["audio_features"]
+    digest = records.spec_digest(records.audio_spec(audio))
+    assert again["settings"] == {
+        **manifest["settings"],
+        "audio_dtype": "float16",
+        "audio_features": digest,
+    }
+    assert again["videos"] == manifest["videos"] and again["skipped"] == manifest["skipped"]
+    after = [msgpack.unpackb(r) for r in records.read_shard(copy / entry["shard"])]
+    assert [{**r, "features": None} for r in after] == [{**r, "features": None} for r in before]
+    assert after[0]["features"]["shape"] == [4, 8] and after[0]["features"]["dtype"] == "<f2"
+    stored = json.loads((copy / "videos" / f"{entry['id']}.json").read_text())
+    assert stored == {**result, "settings": again["settings"]}  # the face work was not redone
 
 
 def _cfg(out, **kw):
     """A config reading `out`; its clips are the default model's (12 + 4 frames, m = 2)."""
-    return Config(data=DataConfig(**{"shards": str(out), "resolution": RES, "batch_size": 2, **kw}))
+    data = DataConfig(**{"shards": str(out), "resolution": RES, "batch_size": 2, **kw})
+    return Config(model=MODEL, data=data)
 
 
 def _take(loader, n):
@@ -131,9 +166,7 @@ def test_video_batches_shapes_and_dtypes(corpus):
         "frames": ((2, 12, RES, RES, 3), np.uint8),
         "motion_frames": ((2, 4, RES, RES, 3), np.uint8),
         "reference": ((2, RES, RES, 3), np.uint8),
-        "audio": ((2, (12 + 2 * 4) * 640), np.float32),  # m = 2, wav2vec2's margin 2
-        "audio_span": ((2, 2), np.int32),
-        "audio_stats": ((2, 2), np.float32),
+        "audio": ((2, 12, 5, 4, 16), np.float32),  # m = 2; 4 mel subframes x 16 mels
         "mask": ((2, RES, RES), np.float32),
         "speed": ((2, 12), np.float32),
     }
@@ -154,11 +187,8 @@ def test_example_matches_the_records(corpus):
     (batch,) = _take(make_loader(_cfg(out, shuffle=False), 0, 1), 1)
     entry = manifest["videos"][0]  # first clip: video 0, frames 0..15, targets 4..15
     recs = [records.decode_frame(r) for r in records.read_shard(out / entry["shard"])]
-    audio = np.concatenate([r["audio"] for r in recs[0:20]])  # targets +- (m = 2) + 2 frames
-    assert np.array_equal(batch["audio"][0], audio)
-    assert batch["audio_span"][0].tolist() == [0, 20]
-    track = np.concatenate([r["audio"] for r in recs])
-    assert np.array_equal(batch["audio_stats"][0], [track.mean(), np.sqrt(track.var() + 1e-7)])
+    windows = window_frames(np.stack([r["features"] for r in recs]), 2)  # m = 2
+    assert np.array_equal(batch["audio"][0], windows[4:16])
     assert np.allclose(batch["speed"][0], [r["speed"] for r in recs[4:16]])
     target = np.stack([records.decode_jpeg(r["jpeg"]) for r in recs[4:16]])
     assert np.array_equal(batch["frames"][0], target)
@@ -207,7 +237,7 @@ def test_hue_augment_turns_a_whole_example_alike(corpus):
 
 def test_eval_data_is_the_named_corpus_unaugmented(corpus):
     data = _cfg(corpus[0] / "elsewhere", seed=2, hue_augment=1.0)
-    cfg = Config(data=data.data, train=TrainConfig(eval_shards=str(corpus[1])))
+    cfg = Config(model=MODEL, data=data.data, train=TrainConfig(eval_shards=str(corpus[1])))
     (evaluation,) = _take(make_loader(eval_data(cfg), 0, 1), 1)
     (plain,) = _take(make_loader(_cfg(corpus[1], seed=3), 0, 1), 1)
     assert all(np.array_equal(evaluation[k], plain[k]) for k in plain)
@@ -216,7 +246,11 @@ def test_eval_data_is_the_named_corpus_unaugmented(corpus):
 def test_bad_hue_augment_and_missing_eval_corpus(corpus):
     with pytest.raises(ConfigError, match=r"data.hue_augment: 1.5 is not in \[0, 1\]"):
         load_config(None, ["data.hue_augment=1.5"])
-    cfg = Config(data=_cfg(corpus[1]).data, train=TrainConfig(eval_shards=str(corpus[0] / "none")))
+    cfg = Config(
+        model=MODEL,
+        data=_cfg(corpus[1]).data,
+        train=TrainConfig(eval_shards=str(corpus[0] / "none")),
+    )
     with pytest.raises(InputError, match="none/manifest.json: no manifest"):
         make_loader(eval_data(cfg), 0, 1)
 

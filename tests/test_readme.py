@@ -313,8 +313,8 @@ TABLE = {
         ("--identities", "1", "--seconds", "2", "--size", "64", "--split", "heldout"),
         (),
     ),
-    "emo-jax preprocess --videos DIR --out DIR": (
-        {"DIR": "table/videos", "DIR#2": "table/processed"},
+    "emo-jax preprocess --videos DIR --out DIR --config C": (
+        {"DIR": "table/videos", "DIR#2": "table/processed", "C": "configs/model/tiny.yaml"},
         ("--resolution", "32"),
         ("emo-jax synth --out DIR",),
     ),

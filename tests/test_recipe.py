@@ -238,6 +238,10 @@ def test_recipes_list_every_stage_on_their_own_data(recipe):
     assert (s2.init_from, s3.init_from) == (s1.out_dir, s2.out_dir)
     shards = steps["preprocess"][steps["preprocess"].index("--out") + 1]
     assert all(load_config(*c).data.shards == shards for c in configs)
+    # the shards' audio features are the ones every stage's model reads
+    processed = [steps[k] for k in ("preprocess", "heldout_processed") if k in steps]
+    made = {load_config(argv[argv.index("--config") + 1]).model.audio for argv in processed}
+    assert made == {load_config(*c).model.audio for c in configs}
     if "heldout_processed" in steps:  # stages 1 and 2 report their loss on the held-out people
         argv = steps["heldout_processed"]
         assert argv[argv.index("--videos") + 1] in steps["evaluate"]

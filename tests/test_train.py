@@ -83,7 +83,7 @@ def test_data_follow_the_model_and_old_data_keys_must_agree():
     with pytest.warns(FutureWarning, match="data.n_frames, data.fps ignored"):
         cfg = load_config(TINY, ["train.stage=2", "data.n_frames=4", "data.fps=25"])
     assert clip_spec(cfg.model) == ClipSpec(
-        fps=25, sample_rate=16000, n_frames=4, n_motion_frames=2, audio_context=2, audio_margin=1
+        fps=25, sample_rate=16000, n_frames=4, n_motion_frames=2, audio_context=2
     )
     assert batch_abstract(cfg, 3)["audio"].shape[:3] == (3, 4, 2 * 2 + 1)
     with pytest.raises(ConfigError, match="data.n_frames 12 differs from model.emo.n_frames 4"):

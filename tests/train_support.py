@@ -46,18 +46,22 @@ MESHES = ((8, 1), (2, 4), (1, 8))
 
 
 def make_corpus(root: Path) -> Path:
-    """Synthetic videos (2 people x 3 s, 64 px) preprocessed at 32 px; built once per folder."""
+    """Synthetic videos (2 people x 3 s, 64 px) preprocessed at 32 px with the test config's
+    audio features; built once per folder."""
     out = root / "processed"
     if not (out / "manifest.json").is_file():
-        from emo_jax.config import Config, DataConfig
+        from emo_jax.config import Config, DataConfig, load_config
         from emo_jax.data import synth
         from emo_jax.data.preprocess import preprocess
 
         synth.make_corpus(
             root / "videos", identities=2, seconds=3.0, size=64, progress=False, workers=1
         )
-        data = DataConfig(shards=str(out), resolution=32)
-        preprocess(root / "videos", out, Config(data=data), 1, False)
+        cfg = Config(
+            model=load_config(CONFIG, OVERRIDES).model,
+            data=DataConfig(shards=str(out), resolution=32),
+        )
+        preprocess(root / "videos", out, cfg, 1, False)
     return out
 
 

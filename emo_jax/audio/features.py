@@ -13,8 +13,8 @@ Contract: a waveform of N samples at `sample_rate` gives an array (frames, 2m+1,
 - Window: entry k of frame f is frame f + k - m; frames before 0 or after the end repeat the
   first or the last frame (as Hallo does).
 - The waveform is normalised first as transformers' Wav2Vec2FeatureExtractor does: zero mean,
-  unit variance over the whole track (`track_stats`), never over a part of it: training
-  normalises an example's audio slice with its video's track statistics, so a training
+  unit variance over the whole track (`track_stats`), never over a part of it: preprocessing
+  stores each training video's whole-track features (emo_jax.data.preprocess), so a training
   example's features equal generation's features for the same frames.
 - Long audio runs through the encoder in chunks of `chunk_seconds` of video frames, each with
   `context_seconds` of extra audio each side for wav2vec2 (whose attention spans the chunk),

@@ -12,11 +12,15 @@ from emo_jax.commands.arguments import whole
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("preprocess", help="videos folder -> training shards (faces, audio, speed)")
+    p = sub.add_parser(
+        "preprocess", help="videos folder -> training shards (faces, audio features, speed)"
+    )
     p.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
     p.add_argument("--out", required=True, help="output folder (resumable)")
     p.add_argument(
-        "--config", help="YAML config: its data section, and model.audio's frame and sample rate"
+        "--config",
+        help="YAML config: its data section, and model.audio (frame and sample rate, and the "
+        "audio features stored for training: the model's encoder)",
     )
     p.add_argument("--resolution", type=whole(16), help="crop size (overrides data.resolution)")
     p.add_argument("--workers", type=whole(1), default=os.cpu_count() or 1, help="processes")

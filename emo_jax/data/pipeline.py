@@ -3,17 +3,16 @@ with a checkpointable iterator (`it.get_state()` / `it.set_state(state)`, or Orb
 `grain.checkpoint.CheckpointSave/CheckpointRestore`).
 
 Batches (B = data.batch_size / process_count, S = data.resolution; F = n_frames,
-n = n_motion_frames, m = audio_context, p = audio_margin, spf = samples_per_frame = 640: the model's, `clip_spec`):
+n = n_motion_frames, m = audio_context: the model's, `clip_spec`; L, D: the features' layers
+and width, `emo_jax.models.emo.audio_feature_shape`):
 
 mode "video" (stages 2 and 3):
   "frames"         (B, F, S, S, 3) uint8 RGB   target frames (x / 127.5 - 1 gives [-1, 1])
   "motion_frames"  (B, n, S, S, 3) uint8 RGB   the n frames just before the targets
   "reference"      (B, S, S, 3)    uint8 RGB   a random other frame of the same video
-  "audio"          (B, (F + 2c) * spf) float32 16 kHz waveform of frames [t0 - c, t0 + F + c),
-                                               c = m + p; samples [j * spf, (j + 1) * spf) belong
-                                               to frame t0 - c + j; zeros beyond the video's ends
-  "audio_span"     (B, 2) int32                frames [a, b) of "audio" inside the video
-  "audio_stats"    (B, 2) float32              the video's track mean and std (track_stats)
+  "audio"          (B, F, 2m+1, L, D) float32  the target frames' audio feature windows, read
+                                               from the shards (only if model.emo.use_audio):
+                                               equal to generation's for the same frames
   "mask"           (B, S, S) float32 0/1       union of the target frames' face boxes
   "speed"          (B, F) float32              head rotation speed, degrees per frame
 mode "image" (stage 1): "frames" (B, 1, S, S, 3), "reference" and "mask" as above.
@@ -48,10 +47,11 @@ def rotate_hue(images: np.ndarray, angle: float) -> np.ndarray:
 class LoadExample(grain.transforms.RandomMap):
     """Clip position -> training example (the reference frame is the random part)."""
 
-    def __init__(self, reader: FrameReader, cfg: DataConfig, clip: ClipSpec):
+    def __init__(self, reader: FrameReader, cfg: DataConfig, clip: ClipSpec, audio: bool):
         self.reader = reader
         self.cfg = cfg
         self.clip = clip
+        self.window = clip.audio_context if audio else None
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         video, start = int(element["video"]), int(element["start"])
@@ -69,7 +69,7 @@ class LoadExample(grain.transforms.RandomMap):
                 start,
                 clip.n_motion_frames,
                 clip.n_frames,
-                clip.audio_context + clip.audio_margin,
+                self.window,
             )
             t0 = start + clip.n_motion_frames
             example["reference"] = reader.reference(video, range(t0, t0 + clip.n_frames), rng)
@@ -95,7 +95,8 @@ def make_loader(
     process_count: int | None = None,
 ) -> grain.DataLoader:
     """The training DataLoader of `config.data`, its clips as `config.model` needs them
-    (process index / count default to JAX's).
+    (process index / count default to JAX's); with audio, the shards' features must be
+    `config.model.audio`'s (an InputError otherwise).
 
     With `cfg.worker_count > 0` Grain spawns worker processes: call this under
     `if __name__ == "__main__":` in scripts.
@@ -111,6 +112,9 @@ def make_loader(
             f"data.batch_size {cfg.batch_size} is not divisible by the {process_count} processes"
         )
     corpus = Corpus.load(cfg.shards)
+    audio = cfg.mode == "video" and config.model.emo.use_audio
+    if audio:
+        corpus.check_audio(config.model.audio)
     length = 1 if cfg.mode == "image" else clip.n_motion_frames + clip.n_frames
     index = ClipIndex(corpus, length, 1 if cfg.mode == "image" else cfg.clip_stride)
     shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True)
@@ -122,7 +126,7 @@ def make_loader(
         seed=cfg.seed,
     )
     operations = [
-        LoadExample(FrameReader(corpus, cfg.resolution), cfg, clip),
+        LoadExample(FrameReader(corpus, cfg.resolution), cfg, clip, audio),
         grain.transforms.Batch(cfg.batch_size // process_count, drop_remainder=True),
     ]
     return grain.DataLoader(

@@ -6,7 +6,9 @@ resized to `resolution`; head rotation speed per frame (`pose` "flow": the flow 
 the face track; "landmarks": the head pose of the landmarks, `emo_jax.faces.pose`, falling back
 to flow where the landmarks are missing in half the frames, which the manifest lists); the
 audio track at `sample_rate` (exactly sample_rate / fps samples per frame, zero-padded
-at the end if the audio is a little short). Output folder:
+at the end if the audio is a little short) and its features per frame (config.model.audio's
+encoder over the whole track, normalised with the track's statistics: what generation computes,
+so that training never runs an audio encoder). Output folder:
 
   shards/<id>.array_record   one record per frame (emo_jax.data.records)
   videos/<id>.json           the per-video result: done marker, or why it was skipped
@@ -14,15 +16,19 @@ at the end if the audio is a little short). Output folder:
                              (written only when at least one video is usable)
 
 Runs are resumable: a video whose result file matches the file's size, mtime and the settings is
-not processed again. Bad input (not a video, no audio track, no face, corrupt data) is reported
-in the manifest and the run goes on; a corrupt frame trims the video there.
+not processed again; one whose audio feature settings alone differ (another model.audio or
+data.audio_dtype, or a shard from before features were stored) only has its features
+rewritten. Bad input (not a video, no audio track, no face, corrupt data) is reported in the
+manifest and the run goes on; a corrupt frame trims the video there.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import re
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -30,8 +36,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emo_jax.audio.features import AudioFeatures, normalize
 from emo_jax.audio.io import load_audio
-from emo_jax.config import Config, clip_spec
+from emo_jax.config import AudioConfig, Config, clip_spec
 from emo_jax.data import records
 from emo_jax.data.video import CorruptVideoError, iter_frames, probe
 from emo_jax.errors import InputError
@@ -47,7 +54,8 @@ from emo_jax.faces.track import fill_track, stable_crop
 from emo_jax.files import write_json
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: records hold the audio features
+AUDIO_SETTINGS = ("audio_features", "audio_dtype")  # a change of these rewrites features only
 DETECT_SIDE = 480  # frames are decoded at most this large (short side) for face detection
 POSE_SIDE = 128  # the crop is analysed for head rotation at this size
 
@@ -65,11 +73,13 @@ class Settings:
     jpeg_quality: int
     min_face_fraction: float
     min_frames: int
+    audio_dtype: str
+    audio_features: str  # `records.spec_digest` of config.model.audio's `audio_spec`
 
     @classmethod
     def from_config(cls, cfg: Config) -> Settings:
         """config.data's settings, the face back end resolved ("auto" -> what is installed);
-        frame and sample rate: config.model's (`clip_spec`)."""
+        frame and sample rate: config.model's (`clip_spec`); the audio features' digest."""
         if cfg.data.pose not in ("landmarks", "flow"):
             raise InputError(f"data.pose: {cfg.data.pose!r} is not one of landmarks, flow")
         try:
@@ -77,10 +87,27 @@ class Settings:
         except ValueError as e:
             raise InputError(f"data.detector: {e}") from None
         clip = clip_spec(cfg.model)
-        rates = {"fps": clip.fps, "sample_rate": clip.sample_rate}
-        names = [f.name for f in dataclasses.fields(cls) if f.name not in rates]
+        model = {
+            "fps": clip.fps,
+            "sample_rate": clip.sample_rate,
+            "audio_features": records.spec_digest(records.audio_spec(cfg.model.audio)),
+        }
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in model]
         fields = {name: getattr(cfg.data, name) for name in names}
-        return cls(**rates, **{**fields, "detector": detector})
+        return cls(**model, **{**fields, "detector": detector})
+
+
+@functools.lru_cache(maxsize=1)
+def _audio_features(cfg: AudioConfig) -> AudioFeatures:
+    return AudioFeatures(cfg)  # one encoder per process (wav2vec2 loads once)
+
+
+def frame_features(track: np.ndarray, cfg: AudioConfig, dtype: str) -> Iterator[np.ndarray]:
+    """The features (layers, dim) in `dtype` of each video frame of a whole track (as the
+    records hold it), normalised with the track's statistics: `AudioFeatures`' per-frame
+    output, as generation computes it."""
+    for block in _audio_features(cfg).iter_frames(normalize(track)):
+        yield from block.astype(dtype)
 
 
 def video_id(rel: Path) -> str:
@@ -161,18 +188,30 @@ def _frames_and_pose(path: Path, settings: Settings, n: int, crop, track: np.nda
     return jpegs, omegas, boxes
 
 
-def process_video(path: Path, vid: str, out_dir: Path, settings: Settings) -> dict:
-    """Preprocesses one video; returns its result (also written to videos/<id>.json)."""
+def process_video(
+    path: Path,
+    vid: str,
+    out_dir: Path,
+    settings: Settings,
+    audio: AudioConfig,
+    stored: dict | None = None,
+) -> dict:
+    """Preprocesses one video (given its `stored` result of other audio feature settings: only
+    rewrites its features); returns its result (also written to videos/<id>.json)."""
     stat = path.stat()
     result = {
         "id": vid,
         "source": str(path),
         "source_bytes": stat.st_size,
         "source_mtime": stat.st_mtime,
+        **(stored or {}),
         "settings": dataclasses.asdict(settings),
     }
     try:
-        result.update(_process(path, vid, out_dir, settings))
+        if stored is None:
+            result.update(_process(path, vid, out_dir, settings, audio))
+        elif stored["status"] == "ok":
+            write_features(out_dir / stored["shard"], audio, settings.audio_dtype)
     except InputError as e:
         result.update(status="skipped", reason=str(e))
     except Exception as e:  # an unexpected failure on one file must not stop the run
@@ -181,7 +220,9 @@ def process_video(path: Path, vid: str, out_dir: Path, settings: Settings) -> di
     return result
 
 
-def _process(path: Path, vid: str, out_dir: Path, settings: Settings) -> dict:
+def _process(
+    path: Path, vid: str, out_dir: Path, settings: Settings, audio_cfg: AudioConfig
+) -> dict:
     info = probe(path)
     if not info.has_audio:
         raise InputError(f"{path}: has no audio track")
@@ -208,11 +249,13 @@ def _process(path: Path, vid: str, out_dir: Path, settings: Settings) -> dict:
     jpegs, omegas, crop_boxes = _frames_and_pose(path, settings, n, crop, track)
     speeds, angles, speed_source = _speeds(omegas, marks[:n], settings, info.width, info.height)
     audio = np.pad(audio[: n * spf], (0, max(0, n * spf - len(audio))))
+    track = records.dequantize(records.quantize(audio))  # as the records hold it
+    features = frame_features(track, audio_cfg, settings.audio_dtype)
     recs = (
         records.encode_frame(
-            jpegs[k], audio[k * spf : (k + 1) * spf], crop_boxes[k], speeds[k], angles[k], vid, k
+            jpegs[k], audio[k * spf : (k + 1) * spf], crop_boxes[k], speeds[k], angles[k], vid, k, f
         )
-        for k in range(n)
+        for k, f in zip(range(n), features)
     )
     shard = Path("shards") / f"{vid}.array_record"
     records.write_shard(out_dir / shard, recs)
@@ -245,8 +288,17 @@ def _speeds(omegas: np.ndarray, marks: list, settings: Settings, width: int, hei
     return speeds_from_omegas(omegas), integrate(omegas), reason
 
 
-def _is_done(result_path: Path, path: Path, settings: Settings, out_dir: Path) -> dict | None:
-    """The stored result if it is still valid for this file and these settings."""
+def write_features(shard: Path, audio: AudioConfig, dtype: str) -> None:
+    """Rewrites a shard's records with `audio`'s features (in `dtype`) of its stored track."""
+    raws = records.read_shard(shard)
+    track = np.concatenate([records.decode_frame(raw)["audio"] for raw in raws])
+    features = frame_features(track, audio, dtype)
+    records.write_shard(shard, (records.with_features(r, f) for r, f in zip(raws, features)))
+
+
+def _stored(result_path: Path, path: Path, settings: Settings, out_dir: Path) -> dict | None:
+    """The stored result if it is still valid for this file and these settings, but perhaps
+    for the audio features' (`AUDIO_SETTINGS`)."""
     import json
 
     try:
@@ -254,10 +306,11 @@ def _is_done(result_path: Path, path: Path, settings: Settings, out_dir: Path) -
     except (OSError, json.JSONDecodeError):
         return None
     stat = path.stat()
+    frames = lambda s: {k: v for k, v in s.items() if k not in AUDIO_SETTINGS}  # noqa: E731
     if (
         result.get("source_bytes") != stat.st_size
         or result.get("source_mtime") != stat.st_mtime
-        or result.get("settings") != dataclasses.asdict(settings)
+        or frames(result.get("settings") or {}) != frames(dataclasses.asdict(settings))
     ):
         return None
     if result.get("status") == "ok" and not (out_dir / result["shard"]).is_file():
@@ -269,13 +322,15 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
-def build_manifest(results: list[dict], settings: Settings, found: int) -> dict:
-    """The manifest from the per-video results (ordered by id, so indices are stable)."""
+def build_manifest(results: list[dict], settings: Settings, found: int, audio: dict) -> dict:
+    """The manifest from the per-video results (ordered by id, so indices are stable) and the
+    `audio_spec` of the records' features."""
     results = sorted(results, key=lambda r: r["id"])
     ok = [r for r in results if r["status"] == "ok"]
     return {
         "version": MANIFEST_VERSION,
         "settings": dataclasses.asdict(settings),
+        "audio_features": audio,
         "samples_per_frame": settings.sample_rate // settings.fps,
         "counts": {
             "videos_found": found,
@@ -305,34 +360,38 @@ def preprocess(
     progress: bool = True,
 ) -> dict:
     """Preprocesses every video under `videos_dir` into `out_dir` with `cfg.data`'s settings
-    at `cfg.model`'s frame and sample rate; returns the manifest."""
+    at `cfg.model`'s frame and sample rate, with `cfg.model.audio`'s features; returns the
+    manifest."""
     from tqdm import tqdm
 
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
-    settings = Settings.from_config(cfg)
     paths = find_videos(videos_dir)
+    settings = Settings.from_config(cfg)
     results, todo = [], []
     for path in paths:
         vid = video_id(path.relative_to(videos_dir))
-        done = _is_done(out_dir / "videos" / f"{vid}.json", path, settings, out_dir)
-        if done is None:
-            todo.append((path, vid))
+        stored = _stored(out_dir / "videos" / f"{vid}.json", path, settings, out_dir)
+        if stored is not None and stored["settings"] == dataclasses.asdict(settings):
+            results.append(stored)
         else:
-            results.append(done)
+            todo.append((path, vid, stored))
+    audio = cfg.model.audio
     bar = tqdm(total=len(todo), desc="preprocess", unit="video", disable=not progress)
     if workers <= 1 or len(todo) <= 1:
-        for path, vid in todo:
-            results.append(process_video(path, vid, out_dir, settings))
+        for path, vid, stored in todo:
+            results.append(process_video(path, vid, out_dir, settings, audio, stored))
             bar.update()
     else:
         ctx = get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-            futures = [pool.submit(process_video, p, v, out_dir, settings) for p, v in todo]
+            futures = [
+                pool.submit(process_video, p, v, out_dir, settings, audio, s) for p, v, s in todo
+            ]
             for fut in as_completed(futures):
                 results.append(fut.result())
                 bar.update()
     bar.close()
-    manifest = build_manifest(results, settings, len(paths))
+    manifest = build_manifest(results, settings, len(paths), records.audio_spec(audio))
     if manifest["counts"]["videos_ok"]:
         write_json(manifest, out_dir / "manifest.json")
     return manifest

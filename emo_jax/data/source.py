@@ -1,10 +1,10 @@
 """Random access to the preprocessed corpus: which clips exist, and reading one as arrays.
 
 Frame k of a video owns audio samples [k * spf, (k + 1) * spf), spf = sample_rate / fps (640 at
-16 kHz and 25 fps). A clip starting at frame s (video mode) holds motion frames [s, s + n) and
-target frames [t0, t0 + f) with t0 = s + n; its audio covers frames [t0 - c, t0 + f + c)
-(c = m + p: the window and the encoder's margin, `ClipSpec`), zero-padded beyond the ends of the video, with the part inside the video (`audio_span`) and the
-whole track's normalisation statistics (`audio_stats`, emo_jax.audio.features.track_stats).
+16 kHz and 25 fps), and its audio features (the whole track's, stored by preprocessing). A clip
+starting at frame s (video mode) holds motion frames [s, s + n) and target frames [t0, t0 + f)
+with t0 = s + n; its audio is the stored features of frames [t0 - m, t0 + f + m) windowed
+(`window_frames`: frames beyond the video's ends repeat its end frames), as generation's.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emo_jax.audio.features import track_stats
-from emo_jax.data.records import decode_frame, decode_jpeg
+from emo_jax.audio.features import window_frames
+from emo_jax.config import AudioConfig
+from emo_jax.data.records import audio_spec, decode_frame, decode_jpeg
 from emo_jax.errors import InputError
 
 
@@ -32,6 +33,7 @@ class Corpus:
     offsets: np.ndarray  # (V,) global record index of each video's frame 0
     resolution: int
     samples_per_frame: int
+    audio_features: dict | None  # the `audio_spec` of the stored features (None: none stored)
 
     @classmethod
     def load(cls, root: str | Path) -> Corpus:
@@ -44,6 +46,7 @@ class Corpus:
             videos = manifest["videos"]
             resolution = int(manifest["settings"]["resolution"])
             spf = int(manifest["samples_per_frame"])
+            audio = manifest.get("audio_features")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise InputError(f"{path}: not a valid emo_jax manifest") from None
         if not videos:
@@ -57,7 +60,30 @@ class Corpus:
             offsets=np.concatenate([[0], np.cumsum(n)[:-1]]),
             resolution=resolution,
             samples_per_frame=spf,
+            audio_features=audio,
         )
+
+    def check_audio(self, cfg: AudioConfig) -> None:
+        """An error unless the stored features are `cfg`'s (re-running preprocess fixes it)."""
+        path = self.root / "manifest.json"
+        fix = (
+            f"re-run `emo-jax preprocess --out {self.root}` with this config (it rewrites only "
+            "the features)"
+        )
+        if self.audio_features is None:
+            raise InputError(
+                f"{path}: the shards hold no audio features (made before they were stored): {fix}"
+            )
+        want = audio_spec(cfg)
+        if self.audio_features != want:
+            keys = sorted(set(want) | set(self.audio_features))
+            diff = [k for k in keys if self.audio_features.get(k) != want.get(k)]
+            made = ", ".join(f"{k}={self.audio_features.get(k)}" for k in diff)
+            this = ", ".join(f"{k}={want.get(k)}" for k in diff)
+            raise InputError(
+                f"{path}: the shards' audio features were made with model.audio {made}; this "
+                f"config has {this}: {fix}"
+            )
 
 
 class ClipIndex:
@@ -107,7 +133,6 @@ class FrameReader:
         self.corpus = corpus
         self.resolution = resolution
         self._source = None
-        self._stats: dict[int, np.ndarray] = {}
 
     def read(self, video: int, frames: range) -> list[dict]:
         """Decoded records of frames `frames` of video `video`."""
@@ -122,13 +147,6 @@ class FrameReader:
         base = int(self.corpus.offsets[video])
         keys = [base + k for k in frames]
         return [decode_frame(raw) for raw in self._source.__getitems__(keys)]
-
-    def audio_stats(self, video: int) -> np.ndarray:
-        """`track_stats` of the video's whole audio track (read once, then cached)."""
-        if video not in self._stats:
-            recs = self.read(video, range(int(self.corpus.n_frames[video])))
-            self._stats[video] = track_stats(np.concatenate([r["audio"] for r in recs]))
-        return self._stats[video]
 
     def image(self, rec: dict) -> np.ndarray:
         """The record's frame as RGB uint8 (resolution, resolution, 3)."""
@@ -159,27 +177,27 @@ class FrameReader:
             k = int(rng.integers(n))
         return self.image(self.read(video, range(k, k + 1))[0])
 
-    def clip(self, video: int, start: int, n_motion: int, n_frames: int, context: int) -> dict:
-        """Motion + target frames, audio with context, mask and speeds of one clip."""
+    def clip(
+        self, video: int, start: int, n_motion: int, n_frames: int, window: int | None
+    ) -> dict:
+        """Motion + target frames, mask and speeds of one clip, and (with `window` m, not
+        None) its target frames' audio feature windows (f, 2m+1, layers, dim) float32."""
         n_video = int(self.corpus.n_frames[video])
         t0 = start + n_motion
-        lo = max(0, min(start, t0 - context))
-        hi = min(n_video, t0 + n_frames + context)
+        m = window or 0
+        lo, hi = max(0, min(start, t0 - m)), min(n_video, t0 + n_frames + m)
         recs = self.read(video, range(lo, hi))
-        spf = self.corpus.samples_per_frame
-        audio = np.zeros(((n_frames + 2 * context) * spf,), np.float32)
-        for k in range(max(lo, t0 - context), min(hi, t0 + n_frames + context)):
-            j = k - (t0 - context)
-            audio[j * spf : (j + 1) * spf] = recs[k - lo]["audio"]
         target = recs[t0 - lo : t0 - lo + n_frames]
-        return {
+        example = {
             "frames": np.stack([self.image(r) for r in target]),
             "motion_frames": np.stack([self.image(r) for r in recs[start - lo : t0 - lo]])
             if n_motion
             else np.zeros((0, self.resolution, self.resolution, 3), np.uint8),
-            "audio": audio,
-            "audio_span": np.array([max(lo, t0 - context), hi], np.int32) - (t0 - context),
-            "audio_stats": self.audio_stats(video),
             "mask": self.mask(target),
             "speed": np.array([r["speed"] for r in target], np.float32),
         }
+        if window is not None:
+            keep = np.clip(np.arange(t0 - m, t0 + n_frames + m), 0, n_video - 1) - lo
+            frames = np.stack([recs[k]["features"] for k in keep])  # (f + 2m, layers, dim)
+            example["audio"] = window_frames(frames, m)[m : m + n_frames]
+        return example

@@ -1,5 +1,5 @@
-"""Training batches: this process's rows of each global batch, from Grain, with the audio
-turned into windowed per-frame features on the host, then assembled into global jax.Arrays.
+"""Training batches: this process's rows of each global batch, from Grain (the audio feature
+windows read from the shards: no audio encoder runs here), assembled into global jax.Arrays.
 
 The global batch is cut into `parallel.data_shards` Grain shards (default: one per process);
 process p reads shards [p*k, (p+1)*k), k = shards / processes, and concatenates them. The same
@@ -16,34 +16,10 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from emo_jax.audio.features import AudioFeatures, normalize, window_frames
 from emo_jax.config import Config, ConfigError, clip_spec
 from emo_jax.data.pipeline import make_loader
+from emo_jax.data.source import Corpus
 from emo_jax.models.emo import audio_feature_shape
-
-
-class AudioWindows:
-    """Raw waveform slices of frames [t0-c, t0+F+c), c = m + p (`ClipSpec`) -> features (F, 2m+1, layers, dim) of the
-    F target frames, equal to the whole track's (`AudioFeatures`, as generation computes them)
-    for the same frames: the slice's part inside the video, normalised with the track's
-    statistics, through the encoder; frames beyond the video's ends repeat its end frames."""
-
-    def __init__(self, cfg: Config):
-        clip = clip_spec(cfg.model)
-        self.features = AudioFeatures(cfg.model.audio)
-        self.m, self.f, self.spf = clip.audio_context, clip.n_frames, clip.samples_per_frame
-        self.c = clip.audio_context + clip.audio_margin
-
-    def __call__(self, waves: np.ndarray, spans: np.ndarray, stats: np.ndarray) -> np.ndarray:
-        """(B, (F+2c)*spf) waves, (B, 2) spans [a, b), (B, 2) track stats."""
-        out, spf, n = [], self.spf, self.f + 2 * self.c
-        for wave, (a, b), s in zip(waves, spans, stats):
-            piece = normalize(wave[a * spf : b * spf], s)
-            frames = np.concatenate(list(self.features.iter_frames(piece)))  # (b-a, layers, dim)
-            ends = (np.repeat(frames[:1], a, 0), np.repeat(frames[-1:], n - b, 0))
-            frames = np.concatenate([ends[0], frames, ends[1]])  # (F+2c, layers, dim)
-            out.append(window_frames(frames, self.m)[self.c : self.c + self.f])
-        return np.stack(out).astype(np.float32)  # (B, F, 2m+1, layers, dim)
 
 
 class BatchStream:
@@ -63,16 +39,13 @@ class BatchStream:
         per = shards // process_count
         self.loaders = [make_loader(cfg, process_index * per + i, shards) for i in range(per)]
         self.iterators = [iter(loader) for loader in self.loaders]
-        use_audio = cfg.data.mode == "video" and cfg.model.emo.use_audio
-        self.audio = AudioWindows(cfg) if use_audio else None
 
     def __iter__(self) -> BatchStream:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
         parts = [next(it) for it in self.iterators]
-        batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        return prepare(batch, self.audio)
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def get_state(self) -> bytes:
         return json.dumps([it.get_state().decode() for it in self.iterators]).encode()
@@ -91,15 +64,6 @@ class BatchStream:
         """Called by Grain's checkpoint handler after a restore (loading is on demand here)."""
 
 
-def prepare(batch: dict[str, np.ndarray], audio: AudioWindows | None) -> dict[str, np.ndarray]:
-    """A loader batch -> model inputs: audio waveforms -> features (or dropped without audio)."""
-    out = dict(batch)
-    wave, span, stats = (out.pop(k, None) for k in ("audio", "audio_span", "audio_stats"))
-    if audio is not None and wave is not None:
-        out["audio"] = audio(wave, span, stats)
-    return out
-
-
 def global_batch(local: dict[str, np.ndarray], shardings: dict[str, NamedSharding]) -> dict:
     """Process-local rows -> global jax.Arrays split along the batch axis."""
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
@@ -111,6 +75,16 @@ def eval_data(cfg: Config) -> Config:
     shards = cfg.train.eval_shards or cfg.data.shards
     data = dataclasses.replace(cfg.data, shards=shards, seed=cfg.data.seed + 1, hue_augment=0.0)
     return dataclasses.replace(cfg, data=data)
+
+
+def check_corpora(cfg: Config) -> None:
+    """The corpora a run reads (training; evaluation if it scores batches) exist and, with
+    audio, hold `cfg.model.audio`'s features: their errors before anything compiles."""
+    shards = {cfg.data.shards, *([eval_data(cfg).data.shards] if cfg.train.eval_batches else [])}
+    for folder in sorted(shards):
+        corpus = Corpus.load(folder)
+        if cfg.data.mode == "video" and cfg.model.emo.use_audio:
+            corpus.check_audio(cfg.model.audio)
 
 
 def fixed_batches(cfg: Config, shardings: dict[str, NamedSharding]) -> list[dict]:

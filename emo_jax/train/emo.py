@@ -11,6 +11,7 @@ import jax
 from emo_jax.checkpoint.bundle import save_bundle
 from emo_jax.config import Config
 from emo_jax.parallel.mesh import make_mesh
+from emo_jax.train.data import check_corpora
 from emo_jax.train.loop import Stage, run
 from emo_jax.train.sample import SampleVideos
 from emo_jax.train.setup import build
@@ -21,6 +22,7 @@ from emo_jax.train.weights import initial_params, load_vae
 
 def train(cfg: Config, progress: bool = True) -> dict:
     """Runs (or resumes) stage 1, 2 or 3 of `cfg`; writes RUN/bundle at the end (one process)."""
+    check_corpora(cfg)
     setup = build(cfg, make_mesh(cfg.parallel))
     state_sh, _, vae_sh, _ = setup.shardings
     vae_params = jax.device_put(load_vae(cfg, setup.vae), vae_sh)

@@ -13,12 +13,12 @@ import numpy as np
 
 from emo_jax.config import Config, clip_spec
 from emo_jax.data.pipeline import make_loader
+from emo_jax.data.source import ClipIndex, Corpus, FrameReader
 from emo_jax.data.video import VideoWriter
 from emo_jax.diffusion import Guidance, guided, make_sampler, sample
 from emo_jax.models.emo import EMOModel, encode_reference
 from emo_jax.models.vae import AutoencoderKL, decode_images
 from emo_jax.parallel.sharding import replicated
-from emo_jax.train.data import AudioWindows, prepare
 from emo_jax.train.emo_loss import batch_latents
 
 
@@ -26,14 +26,16 @@ def validation_example(cfg: Config) -> tuple[dict[str, np.ndarray], np.ndarray |
     """The first clip of the corpus in index order (batch of 1, model-ready) and the raw audio
     of its target frames (None in image mode); the same on every process."""
     data = dataclasses.replace(cfg.data, shuffle=False, batch_size=1, worker_count=0, seed=0)
-    raw = next(iter(make_loader(dataclasses.replace(cfg, data=data), 0, 1)))
-    wave = None
-    if "audio" in raw:
-        clip = clip_spec(cfg.model)
-        c, spf = clip.audio_context + clip.audio_margin, clip.samples_per_frame
-        wave = raw["audio"][0, c * spf : (c + clip.n_frames) * spf]
-    use_audio = data.mode == "video" and cfg.model.emo.use_audio
-    return prepare(raw, AudioWindows(cfg) if use_audio else None), wave
+    example = next(iter(make_loader(dataclasses.replace(cfg, data=data), 0, 1)))
+    if data.mode != "video":
+        return example, None
+    clip, corpus = clip_spec(cfg.model), Corpus.load(data.shards)
+    first = ClipIndex(corpus, clip.n_motion_frames + clip.n_frames, data.clip_stride)[0]
+    t0 = int(first["start"]) + clip.n_motion_frames
+    recs = FrameReader(corpus, data.resolution).read(
+        int(first["video"]), range(t0, t0 + clip.n_frames)
+    )
+    return example, np.concatenate([r["audio"] for r in recs])
 
 
 class SampleVideos:
