@@ -67,12 +67,13 @@ class ArcFace:
             raise InputError(f"{path}: expected one input (N, 3, 112, 112), the model has {shape}")
         self.input = inputs[0].name
 
-    def embed_aligned(self, faces: np.ndarray) -> np.ndarray:
-        """Aligned faces (N, 112, 112, 3) uint8 RGB -> embeddings (N, D), each of unit length."""
+    def embed_aligned(self, faces: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """Aligned faces (N, 112, 112, 3) uint8 RGB -> embeddings (N, D), each of unit length
+        (`normalize`; else the model's raw output, insightface's `face.embedding`)."""
         blob = (faces.astype(np.float32).transpose(0, 3, 1, 2) - 127.5) / 127.5
         out = self.session.run(None, {self.input: blob})[0].reshape(len(faces), -1)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.linalg.norm(out, axis=1, keepdims=True) if normalize else out
 
-    def embed(self, rgb: np.ndarray, points5: np.ndarray) -> np.ndarray:
+    def embed(self, rgb: np.ndarray, points5: np.ndarray, normalize: bool = True) -> np.ndarray:
         """The embedding (D,) of the face with five points (5, 2) in image `rgb` (H, W, 3)."""
-        return self.embed_aligned(align(rgb, points5)[None])[0]
+        return self.embed_aligned(align(rgb, points5)[None], normalize)[0]

@@ -88,11 +88,6 @@ def _bundle(path: Path, config: Config | None) -> LoadedModel | None:
     if not is_bundle(path):
         return None
     config = config or load_bundle_config(path)
-    if config.model.emo.family != "emo":
-        raise InputError(
-            f"{path}: a model of family {config.model.emo.family!r}: generate and the pipeline "
-            "run family emo only (Hallo's clip loop is not wired yet; see README)"
-        )
     return LoadedModel(config, str(path), read=lambda: load_bundle(path)[1])
 
 

@@ -1,0 +1,195 @@
+"""`emo-jax generate` with a Hallo bundle: the fixture's net.pth (tests/fixtures/hallo-tiny)
+converted with a tiny wav2vec2 of its width, run on a photograph and a wav; and the pieces
+against independent references: Hallo's wav2vec2 interpolation (torch, transformers), its
+audio windows, and the pipeline's first guided DDIM step against Hallo's recorded one."""
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import av
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from emo_jax.audio.features import window_frames
+from emo_jax.audio.hallo import HalloAudioFeatures, audio_frames, padded_frames
+from emo_jax.cli import main
+from emo_jax.config import AudioConfig, Config
+from emo_jax.diffusion.samplers import ddim
+from emo_jax.interop import hallo
+from emo_jax.pipeline import EMOPipeline, HalloPipeline
+from emo_jax.pipeline.hallo import HalloFunctions, HalloInputs, HalloJob
+
+HERE = Path(__file__).parent
+FIXTURE = HERE / "fixtures" / "hallo-tiny"
+PORTRAIT = HERE.parent / "emo_jax" / "assets" / "portrait.png"
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def wav2vec2_dir(tmp_path_factory) -> Path:
+    """A tiny transformers Wav2Vec2Model of the fixture's audio width (modules.json: 12 layers
+    of 16 channels; Hallo takes hidden_states[1:], one per layer), random weights."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    ap = json.loads((FIXTURE / "modules.json").read_text())["audioproj"]
+    cfg = Wav2Vec2Config(
+        hidden_size=ap["channels"],
+        num_hidden_layers=ap["blocks"],
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("w2v") / "wav2vec2"
+    Wav2Vec2Model(cfg).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bundle(wav2vec2_dir, tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("hallo") / "bundle"
+    args = ["convert", "--src", str(FIXTURE / "net.pth"), "--src-format", "hallo"]
+    assert main([*args, "--wav2vec2", str(wav2vec2_dir), "--dst", str(dst)]) == 0
+    return dst
+
+
+def speech(seconds: float) -> np.ndarray:
+    """A voiced-sounding test signal: a 150 Hz buzz with a syllable-rate envelope."""
+    t = np.arange(round(seconds * SR)) / SR
+    buzz = np.sign(np.sin(2 * np.pi * 150 * t)) * 0.3 + 0.1 * np.sin(2 * np.pi * 900 * t)
+    return (buzz * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
+
+
+def test_wav2vec2_interpolation_matches_hallo(wav2vec2_dir):
+    """Hallo's Wav2VecModel.forward (transformers + torch's F.interpolate, align_corners)."""
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    wave = speech(0.9)
+    clip = 4
+    feats, frames = HalloAudioFeatures(AudioConfig(wav2vec2_path=str(wav2vec2_dir)))(wave, clip)
+    assert frames == math.ceil(0.9 * 25) == 23 and feats.shape == (24, 12, 16)
+    # Hallo's AudioProcessor.preprocess, step by step.
+    x = np.squeeze(Wav2Vec2FeatureExtractor(do_normalize=True)(wave, sampling_rate=SR).input_values)
+    seq = math.ceil(len(x) / SR * 25)
+    x = torch.nn.functional.pad(torch.from_numpy(x), (0, (clip - seq % clip) * (SR // 25)))
+    seq += clip - seq % clip
+    model = Wav2Vec2Model.from_pretrained(wav2vec2_dir).eval()
+    with torch.no_grad():
+        conv = model.feature_extractor(x[None]).transpose(1, 2)
+        conv = torch.nn.functional.interpolate(
+            conv.transpose(1, 2), size=seq, align_corners=True, mode="linear"
+        ).transpose(1, 2)
+        hidden, _ = model.feature_projection(conv)
+        layers = []  # hidden_states[1:]: every layer's output (forward hooks)
+        for layer in model.encoder.layers:
+            layer.register_forward_hook(
+                lambda m, i, o: layers.append(o[0] if isinstance(o, tuple) else o)
+            )
+        model.encoder(hidden)
+    want = torch.stack(layers, dim=1).squeeze(0).numpy()  # (12, seq, 16)
+    want = np.moveaxis(want, 0, 1)  # Hallo's rearrange "b s d -> s b d": (seq, 12, 16)
+    assert want.shape == feats.shape
+    np.testing.assert_allclose(feats, want, atol=1e-4 * np.abs(want).max())
+
+
+def test_clip_windows_are_hallos_process_audio_emb():
+    """Clip k's windows = Hallo's process_audio_emb of the whole padded track, rows kF..kF+F."""
+    feats = np.random.default_rng(0).normal(size=(12, 3, 2)).astype(np.float32)
+    job = HalloJob(Config(model=hallo.model_config(FIXTURE)), None, None, None, feats, 10, None, 25)
+    assert job.clip_frames == 16 and job.num_clips == 0
+    model = dataclasses.replace(
+        job.config.model, emo=dataclasses.replace(job.config.model.emo, n_frames=4)
+    )
+    job = dataclasses.replace(job, config=Config(model=model))
+    assert job.num_clips == 3
+    whole = window_frames(feats, 2)
+    for k in range(job.num_clips):
+        np.testing.assert_array_equal(job.windows(k)[0], whole[k * 4 : (k + 1) * 4])
+    assert (audio_frames(14401, SR, 25), padded_frames(23, 4)) == (23, 24)
+
+
+def test_first_clip_step_reproduces_hallo(bundle):
+    """The pipeline's clip function, given Hallo's recorded first-clip inputs (e_*), takes
+    its first guided DDIM step to Hallo's `e_latents_step0` (the UNet: within 1e-3, see
+    tests/test_hallo.py)."""
+    io = dict(np.load(FIXTURE / "io.npz"))
+    pipe = EMOPipeline.from_pretrained(bundle)
+    assert isinstance(pipe, HalloPipeline)
+    cfg = pipe.config
+    steps = len(io["e_timesteps"])
+    full = ddim(cfg.diffusion, steps)
+    np.testing.assert_array_equal(full.timesteps, io["e_timesteps"])
+    first = dataclasses.replace(
+        full,
+        **{
+            f.name: getattr(full, f.name)[:1]
+            for f in dataclasses.fields(full)
+            if isinstance(getattr(full, f.name), np.ndarray)
+        },
+    )
+    diffusion = dataclasses.replace(cfg.diffusion, guidance_scale=float(io["e_guidance_scale"]))
+    fns = HalloFunctions(cfg.model, diffusion, first)
+    emo, vae = pipe.model.params["emo"], pipe.model.params["vae"]
+    ref = np.moveaxis(io["e_ref_image"][0], 1, -1)  # (1+M, H, W, 3) in [-1, 1]
+    stack = fns.encode(vae, jnp.asarray(ref))
+    levels = len(cfg.model.unet.block_out_channels)
+    inputs = HalloInputs(
+        face_emb=jnp.asarray(io["e_face_emb"]),
+        face_region=jnp.asarray(np.moveaxis(io["e_face_region"][0], 0, -1)),
+        masks=tuple(
+            tuple(jnp.asarray(io[f"e_{r}_mask_{k}"][:1]) for r in ("full", "face", "lip"))
+            for k in range(levels)
+        ),
+        motion_scale=jnp.asarray(io["e_motion_scale"]),
+    )
+    noise = jnp.moveaxis(jnp.asarray(io["e_initial_latents"]), 1, -1)  # (1, F, h, w, 4)
+    out = fns.latents(emo, stack, inputs, jnp.asarray(io["e_audio_windows"]), noise, None)
+    want = np.moveaxis(io["e_latents_step0"], 1, -1)
+    err = np.abs(np.asarray(out) - want).max() / np.abs(want).max()
+    assert err < 1e-3, f"relative error {err:.2e}"
+
+
+def probe(path: Path) -> tuple[int, float, float, bool]:
+    """(video frames, video seconds, audio seconds, has audio) of an mp4."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(v))
+        vsec = float(frames / v.average_rate)
+    with av.open(str(path)) as c:
+        has_audio = bool(c.streams.audio)
+        asec = float(c.streams.audio[0].duration * c.streams.audio[0].time_base) if has_audio else 0
+    return frames, vsec, asec, has_audio
+
+
+def test_generate_writes_hallo_video(bundle, tmp_path, capsys):
+    """`emo-jax generate --checkpoint HALLO_BUNDLE` on a photograph and a wav: 2.x clips of
+    the bundle's clip length, trimmed to the audio's frames, with sound."""
+    cfg = EMOPipeline.from_pretrained(bundle).config
+    f = cfg.model.emo.n_frames
+    assert (f, cfg.model.emo.n_motion_frames) == (hallo.CLIP_FRAMES, hallo.MOTION_FRAMES)
+    seconds = 1.5  # 38 frames: 2 clips of 16 + 6 of a third
+    wav = tmp_path / "speech.wav"
+    soundfile.write(wav, speech(seconds), SR)
+    out = tmp_path / "v.mp4"
+    frames_dir = tmp_path / "frames"
+    args = ["generate", "--checkpoint", str(bundle), "--image", str(PORTRAIT)]
+    args += ["--audio", str(wav), "--out", str(out), "--steps", "2", "--no-progress"]
+    args += ["--frames-dir", str(frames_dir)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "face embedding is zeros" in captured.err
+    frames, vsec, asec, has_audio = probe(out)
+    want = math.ceil(seconds * 25)  # Hallo's frame count
+    assert frames == want and has_audio
+    assert abs(vsec - want / 25) < 1e-6 and abs(asec - seconds) < 0.05
+    assert want == 2 * f + 6 and f"{want} frames in 3 clips" in captured.err
+    assert len(list(frames_dir.glob("*.png"))) == want
+    shutil.rmtree(frames_dir)
