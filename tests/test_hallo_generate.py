@@ -22,7 +22,7 @@ from emo_jax.cli import main
 from emo_jax.config import AudioConfig, Config
 from emo_jax.diffusion.samplers import ddim
 from emo_jax.interop import hallo
-from emo_jax.pipeline import EMOPipeline, HalloPipeline
+from emo_jax.pipeline import EMOPipeline, HalloPipeline, Options
 from emo_jax.pipeline.hallo import HalloFunctions, HalloInputs, HalloJob
 
 HERE = Path(__file__).parent
@@ -193,3 +193,66 @@ def test_generate_writes_hallo_video(bundle, tmp_path, capsys):
     assert want == 2 * f + 6 and f"{want} frames in 3 clips" in captured.err
     assert len(list(frames_dir.glob("*.png"))) == want
     shutil.rmtree(frames_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_arcface(tmp_path_factory):
+    """A small conv net with the recognition model's interface (112 x 112 -> 512), as ONNX."""
+    pytest.importorskip("onnx", reason="torch.onnx.export needs onnx (the test extra)")
+    pytest.importorskip("onnxruntime", reason="pip install 'emo-jax[faces]'")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 5, stride=4),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 27 * 27, 512),
+    ).eval()
+    path = tmp_path_factory.mktemp("arcface") / "w600k_tiny.onnx"
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, 3, 112, 112),),
+        str(path),
+        dynamo=False,
+        input_names=["input.1"],
+        output_names=["embedding"],
+        dynamic_axes={"input.1": {0: "n"}},
+    )
+    return path, net
+
+
+def test_face_inputs_as_hallo_forms_them(tiny_arcface):
+    """Face embedding: the recognition model's raw output (insightface's `face.embedding`, not
+    unit length) on the aligned face; face region and the full / face / lip masks from the
+    landmarks (dlib), at each UNet level's side; zeros and a warning without a model."""
+    from emo_jax.faces import arcface, regions
+    from emo_jax.faces.detect import make_detector
+    from emo_jax.pipeline.hallo import NoFaceModelWarning, hallo_inputs
+    from emo_jax.pipeline.inputs import prepare_reference
+
+    path, net = tiny_arcface
+    config = Config(model=hallo.model_config(FIXTURE))
+    ref = prepare_reference(PORTRAIT, 64)
+    face = make_detector("auto").detect(ref.image)[0]
+    inputs = hallo_inputs(ref, config, Options(face_model=path, lip_weight=1.3))
+    aligned = arcface.align(ref.image, face.points5)
+    blob = torch.from_numpy((aligned.astype(np.float32) - 127.5) / 127.5).permute(2, 0, 1)[None]
+    want = net(blob).detach().numpy()
+    np.testing.assert_allclose(inputs.face_emb, want, atol=1e-5 * np.abs(want).max())
+    assert abs(np.linalg.norm(want) - 1) > 0.1  # unnormalised
+    np.testing.assert_allclose(inputs.motion_scale, [1, 1, 1.3], rtol=1e-7)
+    r = regions.region_masks(face.landmarks, 64, 64)
+    np.testing.assert_array_equal(inputs.face_region, np.repeat(r["face_region"][..., None], 3, 2))
+    assert [m.shape for m in inputs.masks[0]] == [(1, 64)] * 3
+    assert [m.shape for m in inputs.masks[3]] == [(1, 1)] * 3
+    full, face_mask, lip = (m.reshape(8, 8) for m in inputs.masks[0])  # latent side 8
+    np.testing.assert_allclose(lip, cv2_area(r["lip"], 8), atol=1e-6)
+    np.testing.assert_allclose(full, cv2_area(r["background"], 8), atol=1e-6)
+    with pytest.warns(NoFaceModelWarning, match="zeros"):
+        plain = hallo_inputs(ref, config, Options())
+    assert not plain.face_emb.any() and plain.face_emb.shape == (1, 512)
+
+
+def cv2_area(mask: np.ndarray, side: int) -> np.ndarray:
+    """Box-average downsampling (64, 64) -> (side, side), written out."""
+    k = mask.shape[0] // side
+    return mask.reshape(side, k, side, k).mean(axis=(1, 3))

@@ -278,6 +278,11 @@ class HalloPipeline(EMOPipeline):
             ArcFace(opts.face_model)  # a missing or unreadable model fails before the work
         config = self.run_config(opts)
         audio_cfg = config.model.audio
+        if audio_cfg.encoder != "wav2vec2" or not audio_cfg.wav2vec2_path:
+            raise InputError(
+                f"{self.model.source}: no wav2vec2 in this Hallo bundle (convert it again with "
+                "--wav2vec2 DIR, Hallo's wav2vec/wav2vec2-base-960h folder)"
+            )
         fps = round(audio_cfg.fps)
         if fps != audio_cfg.fps:
             raise InputError(f"model.audio.fps {audio_cfg.fps}: video needs a whole frame rate")
