@@ -256,3 +256,43 @@ def cv2_area(mask: np.ndarray, side: int) -> np.ndarray:
     """Box-average downsampling (64, 64) -> (side, side), written out."""
     k = mask.shape[0] // side
     return mask.reshape(side, k, side, k).mean(axis=(1, 3))
+
+
+def test_arcface_takes_raw_pixels_when_the_graph_normalises(tmp_path):
+    """insightface's rule (ArcFaceONNX): a Sub and a Mul among the first nodes -> the model
+    takes raw pixels (mean 0, std 1), else (x - 127.5) / 127.5; here a tiny graph
+    Sub -> Mul -> spatial mean -> MatMul (3 -> 512), checked in numpy."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime", reason="pip install 'emo-jax[faces]'")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from emo_jax.faces import arcface
+
+    w = np.random.default_rng(0).normal(size=(3, 512)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(np.array(127.5, np.float32), "mean"),
+        numpy_helper.from_array(np.array(1 / 128, np.float32), "scale"),
+        numpy_helper.from_array(w, "w"),
+    ]
+    nodes = [
+        helper.make_node("Sub", ["x", "mean"], ["a"], name="Sub_0"),
+        helper.make_node("Mul", ["a", "scale"], ["b"], name="Mul_1"),
+        helper.make_node("ReduceMean", ["b"], ["c"], name="pool", axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["c", "w"], ["y"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 112, 112])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 512])],
+        inits,
+    )
+    path = tmp_path / "mxnet_style.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    faces = np.random.default_rng(1).integers(0, 255, (2, 112, 112, 3), dtype=np.uint8)
+    got = arcface.ArcFace(path).embed_aligned(faces, normalize=False)
+    pooled = (faces.astype(np.float32) - 127.5).mean(axis=(1, 2)) / 128  # raw pixels in
+    np.testing.assert_allclose(got, pooled @ w, rtol=1e-4, atol=1e-4)
+    assert arcface.input_normalisation(path) == (0.0, 1.0)

@@ -119,7 +119,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     h = p.add_argument_group("Hallo models (a bundle converted with --src-format hallo)")
     h.add_argument(
         "--face-model",
-        help="insightface's ArcFace model (buffalo_l's w600k_r50.onnx) for the face embedding; "
+        help="insightface's recognition model for the face embedding (Hallo's release: "
+        "face_analysis/models/glintr100.onnx); "
         "without it the embedding is zeros (Hallo's fallback), with a warning",
     )
     h.add_argument("--pose-weight", type=number(), help="pose (full-frame) audio weight (1.0)")

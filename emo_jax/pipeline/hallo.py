@@ -7,7 +7,8 @@ Inputs, as Hallo's ImageProcessor / AudioProcessor prepare them:
   an already square image) resized to the model's resolution (512 for Hallo's weights);
 - the face embedding: ArcFace (`emo_jax.faces.arcface`) of the face's five points, unnormalised
   as insightface's `face.embedding`, when `face_model` names the recognition model
-  (insightface's w600k_r50.onnx); else zeros, with a warning (Hallo's own fallback);
+  (Hallo's release: face_analysis/models/glintr100.onnx, insightface's antelopev2); else
+  zeros, with a warning (Hallo's own fallback);
 - the face region (the face locator's input, white box on black, RGB in [0, 1]) and the blurred
   full (background) / face / lip masks: from the 68 landmarks (`emo_jax.faces.regions`), else
   from the face box (the lips then at `LIPS_IN_FACE_BOX` of it); the masks resized to each
@@ -148,8 +149,8 @@ def hallo_inputs(
     emb = np.zeros((1, hallo.face_embed_dim), np.float32)
     if options.face_model is None:
         warnings.warn(
-            "no face model (--face-model PATH/w600k_r50.onnx): the face embedding is zeros, "
-            "Hallo's own fallback; the identity then rests on the reference image alone",
+            "no face model (--face-model .../face_analysis/models/glintr100.onnx): the face "
+            "embedding is zeros, Hallo's own fallback; the identity rests on the image alone",
             NoFaceModelWarning,
             stacklevel=3,
         )

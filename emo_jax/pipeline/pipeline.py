@@ -71,7 +71,7 @@ class Options:
     crop_scale: float | None = None  # crop side / face size (data.crop_scale)
     decode_chunk: int = 4  # frames per VAE decode call
     # Hallo-family models only (emo_jax.pipeline.hallo):
-    face_model: str | Path | None = None  # ArcFace ONNX (insightface's w600k_r50.onnx)
+    face_model: str | Path | None = None  # ArcFace ONNX (Hallo's: glintr100.onnx)
     pose_weight: float | None = None  # motion_scale: full-frame (pose) audio weight
     face_weight: float | None = None  # ... face (expression) audio weight
     lip_weight: float | None = None  # ... lip audio weight (None: model.hallo.motion_scale)
