@@ -83,6 +83,7 @@ class ArcFace:
             shape = [list(i.shape) for i in inputs]
             raise InputError(f"{path}: expected one input (N, 3, 112, 112), the model has {shape}")
         self.input = inputs[0].name
+        self.path = path
         self.mean, self.std = input_normalisation(path)
 
     def embed_aligned(self, faces: np.ndarray, normalize: bool = True) -> np.ndarray:

@@ -6,7 +6,8 @@ Inputs, as Hallo's ImageProcessor / AudioProcessor prepare them:
 - the portrait: the square crop around the face (`prepare_reference`, as for EMO; Hallo takes
   an already square image) resized to the model's resolution (512 for Hallo's weights);
 - the face embedding: ArcFace (`emo_jax.faces.arcface`) of the face's five points, unnormalised
-  as insightface's `face.embedding`, when `face_model` names the recognition model
+  as insightface's `face.embedding`, when `face_model` (or model.hallo.face_model, e.g. for
+  the app) names the recognition model
   (Hallo's release: face_analysis/models/glintr100.onnx, insightface's antelopev2); else
   zeros, with a warning (Hallo's own fallback);
 - the face region (the face locator's input, white box on black, RGB in [0, 1]) and the blurred
@@ -132,9 +133,14 @@ def level_masks(regions: dict[str, np.ndarray], latent: int, levels: int) -> tup
 
 
 def hallo_inputs(
-    reference: Reference, config: Config, options: Options, name: str = "image"
+    reference: Reference,
+    config: Config,
+    options: Options,
+    recognition: ArcFace | None = None,
+    name: str = "image",
 ) -> HalloInputs:
-    """Face embedding, face region and masks of the prepared portrait (see the module doc)."""
+    """Face embedding (by `recognition`; None: zeros), face region and masks of the prepared
+    portrait (see the module doc)."""
     model, hallo = config.model, config.model.hallo
     side = reference.image.shape[0]
     face = _pick(make_detector(config.data.detector).detect(reference.image), reference.face_box)
@@ -147,7 +153,7 @@ def hallo_inputs(
         regions = box_region_masks(box, lips, side, side, options.face_expand)
     region = reference.mask if options.mask is not None else regions["face_region"]
     emb = np.zeros((1, hallo.face_embed_dim), np.float32)
-    if options.face_model is None:
+    if recognition is None:
         warnings.warn(
             "no face model (--face-model .../face_analysis/models/glintr100.onnx): the face "
             "embedding is zeros, Hallo's own fallback; the identity rests on the image alone",
@@ -162,10 +168,10 @@ def hallo_inputs(
             stacklevel=3,
         )
     else:
-        emb = ArcFace(options.face_model).embed(reference.image, face.points5, normalize=False)
+        emb = recognition.embed(reference.image, face.points5, normalize=False)
         if emb.shape[-1] != hallo.face_embed_dim:
             raise InputError(
-                f"{options.face_model}: embeddings of {emb.shape[-1]} values; the model takes "
+                f"{recognition.path}: embeddings of {emb.shape[-1]} values; the model takes "
                 f"{hallo.face_embed_dim}"
             )
         emb = emb.reshape(1, -1).astype(np.float32)
@@ -275,8 +281,8 @@ class HalloPipeline(EMOPipeline):
             raise InputError(
                 "a Hallo model has one guidance scale (--guidance), no separate audio scale"
             )
-        if opts.face_model is not None:
-            ArcFace(opts.face_model)  # a missing or unreadable model fails before the work
+        face_model = opts.face_model or self.config.model.hallo.face_model
+        recognition = None if face_model is None else ArcFace(face_model)  # fails early
         config = self.run_config(opts)
         audio_cfg = config.model.audio
         if audio_cfg.encoder != "wav2vec2" or not audio_cfg.wav2vec2_path:
@@ -299,7 +305,7 @@ class HalloPipeline(EMOPipeline):
         if reference.notice:
             warnings.warn(reference.notice, stacklevel=2)
         wave, name = read_audio(audio, sample_rate, audio_cfg.sample_rate)
-        inputs = hallo_inputs(reference, config, opts, str(image))
+        inputs = hallo_inputs(reference, config, opts, recognition, str(image))
         features, frames = audio_features(audio_cfg)(wave, config.model.emo.n_frames, name)
         return HalloJob(config, opts, reference, wave, features, frames, inputs, fps)
 
