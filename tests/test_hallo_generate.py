@@ -300,3 +300,14 @@ def test_arcface_takes_raw_pixels_when_the_graph_normalises(tmp_path):
     pooled = (faces.astype(np.float32) - 127.5).mean(axis=(1, 2)) / 128  # raw pixels in
     np.testing.assert_allclose(got, pooled @ w, rtol=1e-4, atol=1e-4)
     assert arcface.input_normalisation(path) == (0.0, 1.0)
+
+
+def test_hallo_options_refused_for_an_emo_model(tmp_path, capsys):
+    """--face-model / --*-weight on an EMO model: one line, exit 2, nothing written."""
+    out = tmp_path / "v.mp4"
+    args = ["generate", "--out", str(out), "--lip-weight", "1.2", "--face-model", "m.onnx"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("emo-jax generate: error:")]
+    assert len(lines) == 1 and "Traceback" not in err and not out.exists(), err
+    assert "face_model, lip_weight: options of Hallo models" in lines[0]
