@@ -311,3 +311,27 @@ def test_hallo_options_refused_for_an_emo_model(tmp_path, capsys):
     lines = [x for x in err.splitlines() if x.startswith("emo-jax generate: error:")]
     assert len(lines) == 1 and "Traceback" not in err and not out.exists(), err
     assert "face_model, lip_weight: options of Hallo models" in lines[0]
+
+
+def test_face_inputs_from_the_box_without_landmarks():
+    """The Haar detector gives no landmarks: the face region is the face box enlarged 1.2x
+    (Hallo's ratio) and the lips sit in the box's lower middle."""
+    from emo_jax.faces import regions
+    from emo_jax.faces.detect import make_detector
+    from emo_jax.pipeline.hallo import NoFaceModelWarning, hallo_inputs
+    from emo_jax.pipeline.inputs import prepare_reference
+
+    model = hallo.model_config(FIXTURE)
+    config = Config(model=model)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, detector="haar"))
+    ref = prepare_reference(PORTRAIT, 64, detector="haar")
+    face = make_detector("haar").detect(ref.image)[0]
+    assert face.landmarks is None
+    with pytest.warns(NoFaceModelWarning):
+        inputs = hallo_inputs(ref, config, Options())
+    box = regions.expand_box(face.box, 1.2, 64, 64)
+    np.testing.assert_array_equal(inputs.face_region[..., 0], regions.box_mask(box, 64, 64))
+    lip = inputs.masks[0][2].reshape(8, 8)
+    y, x = np.unravel_index(np.argmax(lip), lip.shape)
+    x0, y0, x1, y1 = face.box / 8  # latent cells
+    assert x0 <= x + 0.5 <= x1 and (y0 + y1) / 2 <= y + 0.5 <= y1 + 1

@@ -149,7 +149,7 @@ def hallo_inputs(
     else:  # no landmarks: the face box, else (a mask given, no face) the whole image as Hallo
         box = face.box if face is not None else reference.face_box
         box = np.array([0, 0, side, side], np.float32) if box is None else box
-        lips = box[:2] + LIPS_IN_FACE_BOX * np.tile(box[2:] - box[:2], 2)
+        lips = np.tile(box[:2], 2) + LIPS_IN_FACE_BOX * np.tile(box[2:] - box[:2], 2)
         regions = box_region_masks(box, lips, side, side, options.face_expand)
     region = reference.mask if options.mask is not None else regions["face_region"]
     emb = np.zeros((1, hallo.face_embed_dim), np.float32)
