@@ -65,8 +65,8 @@ class ArcFace:
         path = Path(path)
         if not path.is_file():
             raise InputError(
-                f"{path}: ArcFace model not found (give insightface's w600k_r50.onnx from "
-                "the buffalo_l pack)"
+                f"{path}: ArcFace model not found (give insightface's recognition model: "
+                "antelopev2's glintr100.onnx, Hallo's, or buffalo_l's w600k_r50.onnx)"
             )
         try:
             import onnxruntime
