@@ -469,6 +469,7 @@ class HalloConfig:
     audio_width: int = 768  # and their width (wav2vec2-base-960h)
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # pose (full), face, lip weights
     face_expand_ratio: float = 1.2  # face box side x this = the face region
+    face_model: str | None = None  # insightface recognition ONNX (generate: --face-model)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,11 @@ face, face.png, and an English sentence spoken by espeak-ng; portrait.png is a p
 The portrait may have any size: a square around the detected face (data.crop_scale x its
 size) is resized to the model resolution; if no face is found, pass --mask. Audio: any format
 FFmpeg reads, any sample rate and channel count.
+
+A Hallo bundle (`emo-jax convert --src-format hallo`, see README "Run Hallo's weights") runs
+Hallo's clip loop: clips of 16 frames with 2 motion frames, DDIM 40 steps, --guidance 3.5
+dropping face embedding, audio and face locator together; --face-model gives the face
+embedding, --pose-weight / --face-weight / --lip-weight the audio weights per region.
 """
 
 
@@ -105,7 +110,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--face", type=whole(0), help="which face when there are several (0: the largest, default)"
     )
+    g.add_argument(
+        "--face-expand",
+        type=number(positive=True),
+        help="face region = the face box enlarged this much (default 1.2, Hallo's ratio)",
+    )
     g.add_argument("--frames-dir", help="also write PNG frames to this (new or empty) folder")
+    h = p.add_argument_group("Hallo models (a bundle converted with --src-format hallo)")
+    h.add_argument(
+        "--face-model",
+        help="insightface's recognition model for the face embedding (Hallo's release: "
+        "face_analysis/models/glintr100.onnx); "
+        "without it the embedding is zeros (Hallo's fallback), with a warning",
+    )
+    h.add_argument("--pose-weight", type=number(), help="pose (full-frame) audio weight (1.0)")
+    h.add_argument("--face-weight", type=number(), help="face (expression) audio weight (1.0)")
+    h.add_argument("--lip-weight", type=number(), help="lip audio weight (1.0)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -152,6 +172,11 @@ def run(args: argparse.Namespace) -> int:
             "resolution": args.resolution,
             "mask": args.mask,
             "face": args.face,
+            "face_expand": args.face_expand,
+            "face_model": args.face_model,
+            "pose_weight": args.pose_weight,
+            "face_weight": args.face_weight,
+            "lip_weight": args.lip_weight,
         }
         job = pipe.prepare(image, audio, **{k: v for k, v in options.items() if v is not None})
         print(f"emo-jax generate: loading {pipe.model.source}", file=sys.stderr, flush=True)

@@ -40,17 +40,27 @@ def _blur(mask: np.ndarray, kernel: int) -> np.ndarray:
     return small / max(float(small.max()), 1e-6)  # (64, 64) in [0, 1]
 
 
-def region_masks(landmarks: np.ndarray, width: int, height: int) -> dict[str, np.ndarray]:
+def region_masks(
+    landmarks: np.ndarray, width: int, height: int, face_expand: float = FACE_EXPAND
+) -> dict[str, np.ndarray]:
     """Masks of a face with 68 landmarks (68, 2) in a `width` x `height` image:
-    "face_region" (height, width) 0 / 1, the face box at FACE_EXPAND (Hallo's face mask, the
+    "face_region" (height, width) 0 / 1, the face box at `face_expand` (Hallo's face mask, the
     face locator's input); "lip" (64, 64) the blurred lip box at LIP_EXPAND; "face" (64, 64)
     the blurred face box less the lips; "background" (64, 64) 1 less the blurred face box."""
-    face = box_mask(
-        expand_box(points_box(landmarks[FACE_OUTLINE]), FACE_EXPAND, width, height), width, height
-    )
-    lip = box_mask(
-        expand_box(points_box(landmarks[LIPS]), LIP_EXPAND, width, height), width, height
-    )
+    face_box, lip_box = points_box(landmarks[FACE_OUTLINE]), points_box(landmarks[LIPS])
+    return box_region_masks(face_box, lip_box, width, height, face_expand)
+
+
+def box_region_masks(
+    face_box: np.ndarray,
+    lip_box: np.ndarray,
+    width: int,
+    height: int,
+    face_expand: float = FACE_EXPAND,
+) -> dict[str, np.ndarray]:
+    """`region_masks` from the face outline's and the lips' boxes (4,) x0, y0, x1, y1."""
+    face = box_mask(expand_box(face_box, face_expand, width, height), width, height)
+    lip = box_mask(expand_box(lip_box, LIP_EXPAND, width, height), width, height)
     blurred_face, blurred_lip = _blur(face, 51), _blur(lip, 31)
     return {
         "face_region": face,

@@ -10,6 +10,7 @@ import jax
 from flax.traverse_util import flatten_dict
 
 from emo_jax.config import Config, Wav2Vec2Config
+from emo_jax.models import hallo
 from emo_jax.models.emo import EMOModel, abstract_params
 from emo_jax.models.vae import VAE_FORMAT
 from emo_jax.models.wav2vec2 import WAV2VEC2_FORMAT
@@ -57,8 +58,11 @@ def emo_counts(abstract: Any) -> dict[str, int]:
 def bundle_abstract(config: Config) -> dict:
     """The {"emo", "vae"} param shapes of a model bundle of `config`, nothing allocated."""
     vae = config.model.vae
+    hallo_family = config.model.emo.family == "hallo"
     return {
-        "emo": abstract_params(EMOModel(config.model)),
+        "emo": hallo.abstract_params(hallo.HalloModel(config.model))
+        if hallo_family
+        else abstract_params(EMOModel(config.model)),
         "vae": folder_params(VAE_FORMAT.build(vae, None), VAE_FORMAT, vae),
     }
 

@@ -75,10 +75,16 @@ def random_params(config: Config, seed: int) -> dict:
     return {"emo": emo.init_params(emo.EMOModel(config.model), seed), "vae": vae}
 
 
+@functools.lru_cache(maxsize=2)
+def _abstract(config: Config) -> dict:
+    """`bundle_abstract`, kept: tracing a model for its shapes takes seconds."""
+    return bundle_abstract(config)
+
+
 def check_fit(params: dict, config: Config, source: str) -> dict:
     """`params` as jnp arrays if they fit `config` exactly, else one InputError naming the
     missing, unexpected and mismatched keys."""
-    want = bundle_abstract(config)
+    want = _abstract(config)
     check_shapes(params, want, source)
     return jax.tree_util.tree_map(lambda have, w: jnp.asarray(have, w.dtype), params, want)
 
@@ -88,11 +94,6 @@ def _bundle(path: Path, config: Config | None) -> LoadedModel | None:
     if not is_bundle(path):
         return None
     config = config or load_bundle_config(path)
-    if config.model.emo.family != "emo":
-        raise InputError(
-            f"{path}: a model of family {config.model.emo.family!r}: generate and the pipeline "
-            "run family emo only (Hallo's clip loop is not wired yet; see README)"
-        )
     return LoadedModel(config, str(path), read=lambda: load_bundle(path)[1])
 
 

@@ -70,6 +70,16 @@ class Options:
     face: int | None = None  # which detected face (0: the largest); None: the largest, noticed
     crop_scale: float | None = None  # crop side / face size (data.crop_scale)
     decode_chunk: int = 4  # frames per VAE decode call
+    # Hallo-family models only (emo_jax.pipeline.hallo):
+    face_model: str | Path | None = None  # ArcFace ONNX (Hallo's: glintr100.onnx)
+    pose_weight: float | None = None  # motion_scale: full-frame (pose) audio weight
+    face_weight: float | None = None  # ... face (expression) audio weight
+    lip_weight: float | None = None  # ... lip audio weight (None: model.hallo.motion_scale)
+
+    def hallo_only(self) -> list[str]:
+        """The Hallo-only options that are set."""
+        names = ("face_model", "pose_weight", "face_weight", "lip_weight")
+        return [n for n in names if getattr(self, n) is not None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +133,8 @@ class EMOOutput:
 
 
 class EMOPipeline:
-    """Portrait + audio -> video. One pipeline runs one video at a time."""
+    """Portrait + audio -> video. One pipeline runs one video at a time. `from_pretrained`
+    gives the subclass of the model's family (`FAMILIES`)."""
 
     def __init__(self, model: LoadedModel):
         self.model = model
@@ -146,7 +157,7 @@ class EMOPipeline:
         if overrides:
             data = apply_overrides(to_dict(model.config), overrides)
             model = dataclasses.replace(model, config=from_dict(Config, data, "overrides"))
-        return cls(model)
+        return FAMILIES.get(model.config.model.emo.family, cls)(model)
 
     @property
     def config(self) -> Config:
@@ -211,6 +222,10 @@ class EMOPipeline:
         opts = Options(**options)
         if image is None or audio is None:
             raise InputError("give both an image and an audio")
+        if opts.hallo_only():
+            raise InputError(
+                f"{', '.join(opts.hallo_only())}: options of Hallo models; this model is an EMO"
+            )
         config = self.run_config(opts)
         speed = opts.speed  # a curve file is read first: it is quick to check
         if isinstance(speed, (str, Path)):
@@ -377,6 +392,10 @@ class EMOPipeline:
             frames_dir=None if frames_dir is None else Path(frames_dir),
             seconds=time.perf_counter() - start,
         )
+
+
+# model.emo.family -> its pipeline class (emo_jax.pipeline.hallo adds "hallo").
+FAMILIES: dict[str, type[EMOPipeline]] = {"emo": EMOPipeline}
 
 
 def check_outputs(out: str | Path | None, frames_dir: str | Path | None) -> None:
