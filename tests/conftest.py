@@ -7,9 +7,9 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import jax  # noqa: E402
-
-jax.config.update(
-    "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "emo_jax_jit_cache")
+# Through the environment, so that the commands the tests run in child processes (README
+# blocks, the CLI, training runs) share the compiled programs too.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "emo_jax_jit_cache")
 )
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

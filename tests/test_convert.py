@@ -252,9 +252,11 @@ def test_torch_twin_matches_flax(bundle_params, tmp_path):
             {"params": p}, lat, t, encode_reference(model, p, ref, mot), audio, mask, speed, keep
         )
     )
+    kept = {name: np.array([True]) for name in ("reference", "audio", "speed", "motion")}
     for dropped in (None, "reference", "audio", "speed", "motion"):
         keep = None if dropped is None else {dropped: np.array([False])}
-        ours = np.asarray(forward(params, keep))
+        # every drop through one program: the twin gets only the dropped condition's keep
+        ours = np.asarray(forward(params, keep if keep is None else kept | keep))
         theirs = twin(
             chw(lat),
             torch.from_numpy(t),

@@ -61,17 +61,25 @@ def inputs(seed: int = 0):
     )
 
 
-_RUNS = {}
+CONDITIONS = ("reference", "audio", "speed", "motion")  # what `keep` can drop
+_ENCODE, _FORWARD = {}, {}
 
 
-def run(model: EMOModel, params, x: dict, keep=None, features=None):
-    """Reference encoding + one denoiser forward, jitted once per model."""
-    if model.config not in _RUNS:
+def encode(model: EMOModel, params, reference, motion):
+    """`encode_reference`, jitted once per model."""
+    if model.config not in _ENCODE:
+        _ENCODE[model.config] = jax.jit(lambda p, r, m: encode_reference(model, p, r, m))
+    return _ENCODE[model.config](params, reference, motion)
+
+
+def run(model: EMOModel, params, x: dict, keep=None, features=None, all_keys: bool = True):
+    """One denoiser forward (reference features from `encode` unless given), jitted once per
+    model: `keep` always holds every condition (True unless given), so that drops share one
+    program; all_keys=False passes `keep` as given (None: the no-drop path)."""
+    if model.config not in _FORWARD:
 
         @jax.jit
         def fn(params, x, keep, features):
-            if features is None:
-                features = encode_reference(model, params, x["reference"], x["motion"])
             return model.apply(
                 {"params": params},
                 x["latents"],
@@ -83,9 +91,13 @@ def run(model: EMOModel, params, x: dict, keep=None, features=None):
                 keep,
             )
 
-        _RUNS[model.config] = fn
+        _FORWARD[model.config] = fn
+    if all_keys:
+        keep = {name: jnp.ones((B,), bool) for name in CONDITIONS} | (keep or {})
+    if features is None:
+        features = encode(model, params, x["reference"], x["motion"])
     x = {k: v for k, v in x.items() if k != "audio_frames"}
-    return np.asarray(_RUNS[model.config](params, x, keep, features))
+    return np.asarray(_FORWARD[model.config](params, x, keep, features))
 
 
 def subset(params, model: EMOModel):
@@ -164,12 +176,13 @@ def test_motion_frames_act_only_through_temporal_modules(trained):
 def test_dropped_reference_equals_no_reference(trained):
     model = EMOModel(CFG)
     x = inputs()
-    features = jax.jit(lambda p: encode_reference(model, p, x["reference"], x["motion"]))(trained)
+    features = encode(model, trained, x["reference"], x["motion"])
     dropped = run(model, trained, x, keep={"reference": jnp.array([False])}, features=features)
     absent = run(model, trained, x, features={"reference": {}, "motion": features["motion"]})
     np.testing.assert_allclose(dropped, absent, atol=1e-5)
-    kept = run(model, trained, x, keep={"reference": jnp.array([True])}, features=features)
-    np.testing.assert_allclose(kept, run(model, trained, x, features=features), atol=1e-6)
+    kept = run(model, trained, x, features=features)  # every condition's keep True
+    no_keep = run(model, trained, x, features=features, all_keys=False)
+    np.testing.assert_allclose(kept, no_keep, atol=1e-6)
     assert np.abs(kept - dropped).max() > 1e-3
 
 
@@ -183,8 +196,8 @@ def test_dropped_audio_speed_motion_use_null_forms(trained):
         np.testing.assert_array_equal(
             run(model, trained, x, keep={name: no}), run(model, trained, changed, keep={name: no})
         )
-    first_clip = run(model, trained, x, features=None, keep={"motion": no})
-    zero_maps = jax.jit(lambda p: encode_reference(model, p, x["reference"], None))(trained)
+    first_clip = run(model, trained, x, keep={"motion": no})
+    zero_maps = encode(model, trained, x["reference"], None)
     zero_maps = jax.tree_util.tree_map(
         lambda a: a[: B * N] if a.shape[0] == B * CFG.emo.n_motion_frames else a, zero_maps
     )

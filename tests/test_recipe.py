@@ -40,7 +40,7 @@ def ae_config(corpus, out, steps):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return ts.make_corpus(tmp_path_factory.mktemp("recipe_corpus"))
+    return ts.make_corpus(tmp_path_factory.getbasetemp() / "train_corpus")  # shared
 
 
 @pytest.fixture(scope="module")
