@@ -1,6 +1,8 @@
 """Hallo (fudan-generative-vision/hallo) through emo_jax: every output recorded in a Hallo
 fixture folder (tests/fixtures/hallo-tiny, or the `:`-separated folders in EMO_HALLO_FIXTURES)
-reproduced from its `net.pth` within 1e-4 relative, float32."""
+reproduced from its `net.pth` within 1e-4 relative, float32; the denoiser's outputs within the
+float32 noise of Hallo's own run (UNET_RTOL, GUIDED_RTOL, TRAJECTORY_RTOL), and within 1e-5 once
+that noise's source, the deepest level's state, is fitted (test_denoiser_exact_above_deepest_level)."""
 
 import argparse
 import dataclasses
@@ -9,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -30,12 +34,23 @@ FOLDERS = [
     if p
 ]
 RTOL = 1e-4
-# The UNet's outputs: hallo-tiny's deepest level is 1x1 with one channel per GroupNorm group,
-# where the exact output is the norm's bias and torch's float32 arithmetic adds rounding noise
-# (its two reference copies differ there by 2e-3 though their inputs agree); through the
-# float16 bank and the up blocks that noise reaches 2.4e-4 of the denoiser output's largest
-# value (d) and 5.1e-4 in the sampling run (e).
-UNET_RTOL = 1e-3
+# The denoiser's outputs (d, e). hallo-tiny's deepest level is 1x1 with one channel per GroupNorm
+# group: every GroupNorm there outputs exactly its bias (variance 0), which emo_jax computes
+# exactly, while torch's float32 kernel (y = scale * x + (bias - scale * mean), scale =
+# gamma / sqrt(eps) ~ 1e3) adds noise of ~1e-4 |x| (Hallo's six mid-block bank rows, equal in
+# exact arithmetic, spread by 1.6e-3 of their largest value). Measured: emo_jax float32 is within
+# 1.5e-6 of emo_jax float64; Hallo's d_noise_pred is 2.7e-4 away from both (2.3e-4 given Hallo's
+# own float16 banks); emo_jax float32 with torch's GroupNorm in place of its own is 2.6e-4 away
+# from float64. test_denoiser_exact_above_deepest_level shows it is all that level's noise.
+UNET_RTOL = 4e-4
+# e, each step run on Hallo's own latents: the raw outputs within UNET_RTOL (measured 2.4e-4,
+# 1.9e-4, 3.5e-4); after CFG (u + s (c - u), s = 3.5, which adds up the halves' errors) and the
+# DDIM step up to 7.3e-4 (guided output) and 5.4e-4 (latents), at step 2. The video decoded from
+# Hallo's last latents: 3e-6.
+GUIDED_RTOL = 1e-3
+# e run freely (emo_jax's own latents fed back): the noise compounds, 2.4e-3 in the last latents
+# and 5.8e-3 in the video.
+TRAJECTORY_RTOL = 1e-2
 
 
 class Fixture:
@@ -90,8 +105,8 @@ def masks(io: dict, prefix: str, levels: int) -> tuple:
     return tuple(out)
 
 
-def tree_get(tree: dict, dotted: str):
-    """A leaf of an emo_jax tree by Hallo's dotted module name (`down_blocks.0.attentions.0...`)."""
+def flax_names(dotted: str) -> list[str]:
+    """Hallo's dotted module name (`down_blocks.0.attentions.0...`) as emo_jax's module names."""
     parts = dotted.split(".")
     names, i = [], 0
     while i < len(parts):
@@ -101,7 +116,12 @@ def tree_get(tree: dict, dotted: str):
         else:
             names.append(parts[i])
             i += 1
-    for n in names:
+    return names
+
+
+def tree_get(tree: dict, dotted: str):
+    """A leaf of an emo_jax tree by Hallo's dotted module name."""
+    for n in flax_names(dotted):
         tree = tree[n]
     return tree
 
@@ -138,12 +158,57 @@ def test_face_locator(fx):
     close(jnp.moveaxis(got.reshape(b, f, *got.shape[1:]), -1, 1), want)
 
 
-def test_denoiser_with_reference_bank(fx):
+def denoiser_call(fx: Fixture):
+    """The recorded denoiser call d: (`call(features, deepest, record) -> (2, F, h, w, 4)`, the
+    ReferenceNet features). `deepest` (None: unchanged) is added to the deepest level's state, the
+    input of the first up block's upsampler ((rows, 1, 1, C) here); `record` receives it."""
     io, cfg, params = fx.io, fx.model.config, fx.model.params
     model = HalloModel(cfg)
     stack = nchw_to_nhwc(io["d_ref_latents"])  # (1+M, h, w, 4)
-    features = encode_reference(model, params, stack, io["d_encoder_hidden_states"])
-    n = stack.shape[0]
+    features = jax.jit(lambda s, c: encode_reference(model, params, s, c))(
+        stack, io["d_encoder_hidden_states"]
+    )
+    conds = {
+        "context": io["d_encoder_hidden_states"],
+        "audio": io["d_audio_embedding"],
+        "residual": video_in(io["d_mask_cond_fea"]),
+    }
+    levels = masks(io, "d", len(cfg.unet.block_out_channels))
+
+    def call(features: dict, deepest=None, record: dict | None = None) -> jax.Array:
+        def intercept(next_fun, args, kwargs, context):
+            m = context.module
+            if (
+                context.method_name == "__call__"
+                and m.name == "upsamplers_0"
+                and m.parent.name == "up_blocks_0"
+                and m.parent.parent.name == "denoising_unet"
+            ):
+                if record is not None:
+                    record["deepest"] = args[0]
+                if deepest is not None:
+                    args = (args[0] + deepest, *args[1:])
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(intercept):
+            out = model.apply(
+                {"params": params},
+                video_in(io["d_latent_model_input"]),
+                io["d_timestep"],
+                features,
+                conds,
+                levels,
+                io["d_motion_scale"],
+            )
+        return out  # (2, F, h, w, 4)
+
+    return call, features
+
+
+def test_denoiser_with_reference_bank(fx):
+    io = fx.io
+    call, features = denoiser_call(fx)
+    n = io["d_ref_latents"].shape[0]
     banks = json.loads((fx.folder / "fixture.json").read_text())["bank"]
     down = [e for e in banks if e["writer"].startswith("down_blocks.")]  # before the 1x1 level
     assert down
@@ -153,22 +218,36 @@ def test_denoiser_with_reference_bank(fx):
         # Hallo rounds the bank to float16: values may sit one float16 step apart.
         ulp = np.spacing(np.abs(bank[:, 0]).astype(np.float16)).astype(np.float32)
         assert np.all(np.abs(got - bank[:, 0]) <= ulp + 1e-6), entry["reader"]
-    conds = {
-        "context": io["d_encoder_hidden_states"],
-        "audio": io["d_audio_embedding"],
-        "residual": video_in(io["d_mask_cond_fea"]),
-    }
-    levels = len(cfg.unet.block_out_channels)
-    out = model.apply(
-        {"params": params},
-        video_in(io["d_latent_model_input"]),
-        io["d_timestep"],
-        features,
-        conds,
-        masks(io, "d", levels),
-        io["d_motion_scale"],
-    )
-    close(video_out(out), io["d_noise_pred"], UNET_RTOL)
+    close(video_out(jax.jit(call)(features)), io["d_noise_pred"], UNET_RTOL)
+
+
+@pytest.mark.slow
+def test_denoiser_exact_above_deepest_level(fx):
+    """The whole d gap is the deepest level's float32 noise: with Hallo's own banks (exact, float16)
+    and only the deepest level's state moved (rows x C values, least squares over every output),
+    emo_jax gives Hallo's d_noise_pred within 1e-5 (measured 1.1e-6, from 2.3e-4; the
+    state moves by 2e-4 of its largest value). A mismatch anywhere above that level could not be
+    absorbed: 2048 outputs, 256 unknowns here."""
+    io = fx.io
+    call, features = denoiser_call(fx)
+    n = io["d_ref_latents"].shape[0]
+    for entry in json.loads((fx.folder / "fixture.json").read_text())["bank"]:
+        bank = io[f"d_bank_{entry['index']:02d}"].reshape(2, n, -1, entry["shape"][-1])
+        block, attention = flax_names(entry["reader"])[:2]
+        tree_get(features["reference"], entry["reader"])["tokens"] = jnp.asarray(bank[:, 0])
+        side = round(bank.shape[2] ** 0.5)
+        motion = bank[:, 1:].reshape(2 * (n - 1), side, side, bank.shape[-1])  # (2M, h', w', C)
+        features["motion"][block][f"motion_{attention.split('_')[-1]}"] = jnp.asarray(motion)
+    record = {}
+    before, z = jax.jit(lambda f: (call(f, record=record), record["deepest"]))(features)
+    want = video_in(io["d_noise_pred"])
+    run = jax.jit(lambda dz: call(features, dz))
+    jac = jax.jit(jax.jacfwd(lambda dz: run(dz).reshape(-1)))(jnp.zeros_like(z))
+    jac = np.asarray(jac, np.float64).reshape(-1, z.size)  # (outputs, rows * C)
+    residual = np.asarray(want - before, np.float64).reshape(-1)
+    dz = np.linalg.lstsq(jac, residual, rcond=None)[0].reshape(z.shape).astype(np.float32)
+    close(run(dz), want, 1e-5)
+    assert np.abs(dz).max() < 1e-3 * np.abs(z).max()
 
 
 # ---------------------------------------------------------------- emo-jax convert --src-format hallo
@@ -243,11 +322,6 @@ def test_convert_refuses_bad_files(fx, tmp_path, capsys):
 
 # ---------------------------------------------------------------- e: 3 guided DDIM steps
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open: the UNet output of steps 1-2 reaches 1.7e-3 of its largest value (step 0 "
-    "within 1e-3; VAE, projections, face locator, schedule exact); not yet traced",
-    strict=False,
-)
 def test_guided_sampling(fx):
     io, cfg, params = fx.io, fx.model.config, fx.model.params
     steps = len(io["e_timesteps"])
@@ -271,21 +345,46 @@ def test_guided_sampling(fx):
     )
     close(conds["audio"][1:], io["e_audio_tensor"])
     close(video_out(conds["residual"][1:]), io["e_face_locator_out"])
-    features = encode_reference(model, params, stack, conds["context"])
+    features = jax.jit(lambda s, c: encode_reference(model, params, s, c))(stack, conds["context"])
     levels = masks(io, "e", len(cfg.unet.block_out_channels))
-    latents = video_in(io["e_initial_latents"])  # (1, F, h, w, 4)
-    state = init_state(latents)
-    s = float(io["e_guidance_scale"])
-    for i, t in enumerate(io["e_timesteps"]):
-        pair = jnp.concatenate([state.sample, state.sample])
-        out = model.apply(
-            {"params": params}, pair, t, features, conds, levels, io["e_motion_scale"]
+    unet = jax.jit(
+        lambda x, t: model.apply(
+            {"params": params},
+            jnp.concatenate([x, x]),
+            t,
+            features,
+            conds,
+            levels,
+            io["e_motion_scale"],
         )
+    )  # (1, F, h, w, 4) -> (2, F, h, w, 4): the guided pair [uncond; cond]
+    s = float(io["e_guidance_scale"])
+    decode = jax.jit(
+        lambda z: jnp.clip(
+            vae.apply({"params": vae_params}, z[0] / scale, method=AutoencoderKL.decode) / 2 + 0.5,
+            0,
+            1,
+        )
+    )  # (1, F, h, w, 4) -> (F, H, W, 3)
+    state = init_state(video_in(io["e_initial_latents"]))  # (1, F, h, w, 4)
+    hallo_state = state
+    for i, t in enumerate(io["e_timesteps"]):
+        # Step i on Hallo's own latents.
+        out = unet(hallo_state.sample, t)
         close(video_out(out), io[f"e_unet_out_step{i}"], UNET_RTOL)
         guided = out[:1] + s * (out[1:] - out[:1])
-        state = step(sampler, state, guided, i)
-        close(video_out(state.sample), io[f"e_latents_step{i}"], UNET_RTOL)
-    frames = state.sample[0] / scale  # (F, h, w, 4)
-    video = vae.apply({"params": vae_params}, frames, method=AutoencoderKL.decode)
-    video = jnp.clip(video / 2 + 0.5, 0, 1)  # (F, H, W, 3)
-    close(np.moveaxis(np.asarray(video), -1, 0)[None], io["e_video"], UNET_RTOL)
+        close(video_out(guided), io[f"e_noise_pred_step{i}"], GUIDED_RTOL)
+        close(
+            video_out(step(sampler, hallo_state, guided, i).sample),
+            io[f"e_latents_step{i}"],
+            GUIDED_RTOL,
+        )
+        hallo_state = hallo_state._replace(sample=video_in(io[f"e_latents_step{i}"]))
+        # The free run: the noise compounds.
+        out = unet(state.sample, t)
+        state = step(sampler, state, out[:1] + s * (out[1:] - out[:1]), i)
+        close(video_out(state.sample), io[f"e_latents_step{i}"], TRAJECTORY_RTOL)
+    np.testing.assert_array_equal(video_out(hallo_state.sample), io["e_final_latents"])
+    want = io["e_video"]  # (1, 3, F, H, W)
+    close(np.moveaxis(np.asarray(decode(hallo_state.sample)), -1, 0)[None], want)
+    close(np.moveaxis(np.asarray(decode(state.sample)), -1, 0)[None], want, TRAJECTORY_RTOL)
