@@ -74,6 +74,7 @@ def layer(frames: int, tokens: int, heads: int, dim: int, dtype, run: bool) -> N
 def generate(resolution: int, frames: int) -> None:
     """Peak of the tiny model's compiled sampling loop for one clip, per implementation."""
     from emo_jax.config import load_config
+    from emo_jax.diffusion import Guidance
     from emo_jax.models.emo import abstract_params, audio_feature_shape, encode_reference
     from emo_jax.pipeline.sampling import VideoFunctions
 
@@ -101,7 +102,8 @@ def generate(resolution: int, frames: int) -> None:
         audio = z(1, frames, 2 * cfg.audio.window + 1, layers, dim)
         key = jax.eval_shape(lambda: jax.random.key(0))
         t0 = time.perf_counter()
-        args = (params, features, audio, z(1, resolution, resolution), z(1, frames), key)
+        guidance = Guidance.from_config(base.diffusion)
+        args = (params, features, audio, z(1, resolution, resolution), z(1, frames), key, guidance)
         mem = fns.sample.lower(*args).compile().memory_analysis()
         seconds = time.perf_counter() - t0
         print(

@@ -97,7 +97,7 @@ def bench_pipeline(which: str, seconds: float, steps: int | None) -> None:
     job = pipe.prepare(image, audio(warm), **opts)
     clip_s = job.clip_frames / job.fps
     diffusion = job.config.diffusion
-    passes = len(pipe.functions(job).guidance.passes)
+    passes = job.guidance.num_passes
     print(
         f"{pipe.model.source}, {job.reference.image.shape[0]} px, {diffusion.sampler} "
         f"{diffusion.num_inference_steps} steps, f = {job.clip_frames}, {passes} guidance "
@@ -125,6 +125,7 @@ def step_pieces(config: Path, latent: int):
     """(config, VideoFunctions, step function, abstract args, abstract reference and motion
     latents) for `config` at `latent` size."""
     from emo_jax.config import load_config
+    from emo_jax.diffusion import Guidance
     from emo_jax.models.emo import abstract_params, audio_feature_shape, encode_reference
     from emo_jax.pipeline.sampling import video_functions
 
@@ -149,12 +150,15 @@ def step_pieces(config: Path, latent: int):
     )
 
     def step(params, features, x, audio, mask, speed):
-        return fns.denoiser(params, features, audio, mask, speed)(x, jnp.int32(500))
+        guidance = Guidance.from_config(cfg.diffusion)
+        return fns.denoiser(params, features, audio, mask, speed, guidance)(x, jnp.int32(500))
 
     return cfg, fns, step, args, (ref, motion)
 
 
 def bench_step(config: Path, latent: int, repeats: int) -> None:
+    from emo_jax.diffusion import Guidance
+
     cfg, fns, step, args, _ = step_pieces(config, latent)
     zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), args)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(args[0]))
@@ -167,7 +171,7 @@ def bench_step(config: Path, latent: int, repeats: int) -> None:
             t0 = time.perf_counter()
             jax.block_until_ready(compiled(*zeros))
             times.append(time.perf_counter() - t0)
-    passes = len(fns.guidance.passes)
+    passes = Guidance.from_config(cfg.diffusion).num_passes
     f, n = cfg.model.emo.n_frames, cfg.model.emo.n_motion_frames
     print(
         f"{config.stem} denoising step ({n_params / 1e9:.2f} B EMO params, {cfg.model.dtype}) "
@@ -188,10 +192,12 @@ def bench_step(config: Path, latent: int, repeats: int) -> None:
 
 
 def bench_flops(config: Path, latent: int, steps: int | None) -> None:
+    from emo_jax.diffusion import Guidance
     from emo_jax.models.inventory import bundle_abstract as all_params
 
     cfg, fns, step, args, (ref, motion) = step_pieces(config, latent)
     steps = steps or cfg.diffusion.num_inference_steps
+    passes = Guidance.from_config(cfg.diffusion).num_passes
     f, n = cfg.model.emo.n_frames, cfg.model.emo.n_motion_frames
     vae_params = all_params(cfg)["vae"]
     px = fns.factor * latent
@@ -208,7 +214,7 @@ def bench_flops(config: Path, latent: int, steps: int | None) -> None:
         fns.decode, vae_params, jax.ShapeDtypeStruct((1, latent, latent, c), jnp.float32)
     )
     rows = {
-        f"denoising ({steps} steps x {len(fns.guidance.passes)} passes)": step_flops * steps / f,
+        f"denoising ({steps} steps x {passes} passes)": step_flops * steps / f,
         "ReferenceNet on motion frames": motion_flops / f,
         "VAE encode (motion) + decode": encode_flops * n / f + decode_flops,
     }

@@ -121,6 +121,7 @@ def generate_rows(cfg, device) -> tuple[list[tuple[str, float]], float, float]:
     import jax
     import jax.numpy as jnp
 
+    from emo_jax.diffusion import Guidance
     from emo_jax.models.emo import abstract_params, audio_feature_shape, encode_reference
     from emo_jax.pipeline.sampling import VideoFunctions
 
@@ -146,8 +147,11 @@ def generate_rows(cfg, device) -> tuple[list[tuple[str, float]], float, float]:
     key = put(jax.eval_shape(lambda: jax.random.key(0)))
     t0 = time.perf_counter()
     with jax.set_mesh(jax.sharding.Mesh([device], ("data",))):  # `auto` attention: as on TPU
-        compiled = fns.sample.lower(*inputs, key).compile()
-        step = jax.jit(lambda *a: fns.denoiser(*a)(jnp.zeros((1, f, latent, latent, 4)), 500))
+        guidance = Guidance.from_config(cfg.diffusion)
+        compiled = fns.sample.lower(*inputs, key, guidance).compile()
+        step = jax.jit(
+            lambda *a: fns.denoiser(*a, guidance)(jnp.zeros((1, f, latent, latent, 4)), 500)
+        )
         step_flops = float(step.lower(*inputs).compile().cost_analysis()["flops"])
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()

@@ -715,6 +715,7 @@ class ParallelConfig:
     coordinator_address: str | None = None  # else JAX_COORDINATOR_ADDRESS / auto-detection
     num_processes: int | None = None  # else JAX_NUM_PROCESSES / auto-detection
     process_id: int | None = None  # else JAX_PROCESS_ID / auto-detection
+    generate_devices: int = 1  # generation: devices each clip is split over (`--devices`)
 
 
 @dataclasses.dataclass(frozen=True)

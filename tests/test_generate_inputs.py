@@ -75,3 +75,31 @@ def test_speed_constant_curve_and_file(tmp_path):
     np.testing.assert_allclose(speed_per_frame(tmp_path / "speed.txt", 26, 25)[[0, 25]], [0.2, 1.2])
     with pytest.raises(InputError, match=">= 0"):
         speed_per_frame(-1.0, 3, 25)
+
+
+def test_clip_audio_is_the_whole_tracks_windows_clip_by_clip():
+    """`Job.clip_audio` (encoder chunks of 0.3 s, not a whole number of clips) = the windows of
+    one pass over the whole track, cut into clips of f = 8; the last clip padded with the last
+    frame's window."""
+    import dataclasses
+
+    from emo_jax.audio.features import AudioFeatures, normalize, window_frames
+    from emo_jax.config import load_config
+    from emo_jax.pipeline.loading import TINY_CONFIG
+    from emo_jax.pipeline.pipeline import Job
+
+    config = load_config(TINY_CONFIG)
+    audio_cfg = config.model.audio
+    wave = np.random.default_rng(0).normal(size=int(2.1 * audio_cfg.sample_rate))
+    wave = wave.astype(np.float32)
+    chunked = AudioFeatures(dataclasses.replace(audio_cfg, chunk_seconds=0.3))
+    one_pass = AudioFeatures(dataclasses.replace(audio_cfg, chunk_seconds=100.0))
+    frames = np.concatenate(list(one_pass.iter_frames(normalize(wave))))
+    want = window_frames(frames, audio_cfg.window)  # (53, 2m+1, layers, dim)
+    job = Job(config, None, None, wave, normalize(wave), chunked, np.zeros(len(want)), 25, None)
+    clips = list(job.clip_audio())
+    assert len(want) == 53 and job.num_clips == 7 and len(clips) == 7
+    assert all(c.shape == (1, 8, *want.shape[1:]) for c in clips)
+    got = np.concatenate([c[0] for c in clips])
+    np.testing.assert_allclose(got[:53], want, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_array_equal(got[53:], np.repeat(got[52:53], 3, axis=0))

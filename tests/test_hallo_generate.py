@@ -136,8 +136,7 @@ def test_first_clip_step_reproduces_hallo(bundle):
             if isinstance(getattr(full, f.name), np.ndarray)
         },
     )
-    diffusion = dataclasses.replace(cfg.diffusion, guidance_scale=float(io["e_guidance_scale"]))
-    fns = HalloFunctions(cfg.model, diffusion, first)
+    fns = HalloFunctions(cfg.model, cfg.diffusion, first)
     emo, vae = pipe.model.params["emo"], pipe.model.params["vae"]
     ref = np.moveaxis(io["e_ref_image"][0], 1, -1)  # (1+M, H, W, 3) in [-1, 1]
     stack = fns.encode(vae, jnp.asarray(ref))
@@ -152,11 +151,17 @@ def test_first_clip_step_reproduces_hallo(bundle):
         motion_scale=jnp.asarray(io["e_motion_scale"]),
     )
     noise = jnp.moveaxis(jnp.asarray(io["e_initial_latents"]), 1, -1)  # (1, F, h, w, 4)
-    out = fns.latents(emo, stack, inputs, jnp.asarray(io["e_audio_windows"]), noise, None)
+    audio, scale = jnp.asarray(io["e_audio_windows"]), jnp.float32(io["e_guidance_scale"])
+    out = fns.latents(emo, stack, inputs, audio, noise, None, scale)
     want = np.moveaxis(io["e_latents_step0"], 1, -1)
     err = np.abs(np.asarray(out) - want).max() / np.abs(want).max()
     print(f"first guided step: relative error {err:.2e}")
     assert err < 1e-3, f"relative error {err:.2e}"
+    # another guidance scale and other region weights: arguments, the same compiled program
+    other = inputs._replace(motion_scale=jnp.asarray([1.0, 0.5, 2.0], jnp.float32))
+    again = fns.latents(emo, stack, other, audio, noise, None, jnp.float32(1.5))
+    assert fns.latents._cache_size() == 1
+    assert np.abs(np.asarray(again) - np.asarray(out)).max() > 1e-3 * np.abs(want).max()
 
 
 def probe(path: Path) -> tuple[int, float, float, bool]:

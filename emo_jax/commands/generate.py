@@ -116,6 +116,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="face region = the face box enlarged this much (default 1.2, Hallo's ratio)",
     )
     g.add_argument("--frames-dir", help="also write PNG frames to this (new or empty) folder")
+    g.add_argument(
+        "--devices",
+        type=whole(1),
+        help="split each clip's guidance passes x frames over this many devices (GPUs, TPU "
+        "chips; default 1, config: parallel.generate_devices)",
+    )
     h = p.add_argument_group("Hallo models (a bundle converted with --src-format hallo)")
     h.add_argument(
         "--face-model",
@@ -177,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
             "pose_weight": args.pose_weight,
             "face_weight": args.face_weight,
             "lip_weight": args.lip_weight,
+            "devices": args.devices,
         }
         job = pipe.prepare(image, audio, **{k: v for k, v in options.items() if v is not None})
         print(f"emo-jax generate: loading {pipe.model.source}", file=sys.stderr, flush=True)

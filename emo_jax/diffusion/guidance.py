@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,23 +31,36 @@ FULL = {"reference": True, "audio": True}
 GuidedDenoiseFn = Callable[[jax.Array, jax.Array, dict[str, jax.Array]], jax.Array]
 
 
+LAYOUTS = {1: (FULL,), 2: (UNCOND, FULL), 3: (UNCOND, REFERENCE_ONLY, FULL)}  # by pass count
+
+
 @dataclasses.dataclass(frozen=True)
 class Guidance:
-    """Guidance scales: `scale` alone, or `scale` for the reference and `audio_scale` for audio."""
+    """Guidance scales: `scale` alone, or `scale` for the reference and `audio_scale` for audio.
 
-    scale: float = 1.0
-    audio_scale: float | None = None
+    A pytree: the scales are its leaves (traced in a jitted function, so a new scale does not
+    recompile) and the pass count its static part, set from the scales when they are numbers
+    (scale 1 without an audio scale: one pass, no guidance)."""
+
+    scale: Any = 1.0  # float or a traced scalar
+    audio_scale: Any = None
+    num_passes: int = 0  # 0: from the scales
+
+    def __post_init__(self) -> None:
+        if not self.num_passes:
+            single = self.audio_scale is None and float(self.scale) == 1.0
+            passes = 3 if self.audio_scale is not None else 1 if single else 2
+            object.__setattr__(self, "num_passes", passes)
 
     @classmethod
     def from_config(cls, cfg: DiffusionConfig) -> Guidance:
-        return cls(cfg.guidance_scale, cfg.audio_guidance_scale)
+        audio = cfg.audio_guidance_scale
+        return cls(float(cfg.guidance_scale), None if audio is None else float(audio))
 
     @property
     def passes(self) -> tuple[dict[str, bool], ...]:
         """Which conditions each forward pass keeps, in batch order."""
-        if self.audio_scale is not None:
-            return (UNCOND, REFERENCE_ONLY, FULL)
-        return (FULL,) if self.scale == 1.0 else (UNCOND, FULL)
+        return LAYOUTS[self.num_passes]
 
     def combine(self, outputs: list[jax.Array]) -> jax.Array:
         """The guided output from the per-pass outputs (in `passes` order)."""
@@ -57,6 +71,11 @@ class Guidance:
             return outputs[0]
         u, c = outputs
         return u + self.scale * (c - u)
+
+
+jax.tree_util.register_dataclass(
+    Guidance, data_fields=["scale", "audio_scale"], meta_fields=["num_passes"]
+)
 
 
 def guided(denoise_fn: GuidedDenoiseFn, guidance: Guidance) -> Callable:

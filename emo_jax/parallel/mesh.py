@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -38,6 +39,28 @@ def make_mesh(cfg: ParallelConfig, devices: list | None = None) -> Mesh:
     sizes = axis_sizes(cfg, len(devices))
     auto = (jax.sharding.AxisType.Auto,) * len(AXES)  # XLA propagates shardings inside jit
     return jax.make_mesh(sizes, AXES, axis_types=auto, devices=devices)
+
+
+def generation_mesh(devices: int, rows: int, frames: int) -> Mesh | None:
+    """The mesh of generation on this process's first `devices` devices (None for one): a
+    guided clip of `rows` rows (guidance passes) and `frames` frames is split with its rows
+    over "data" (the most devices that divide both) and its frames over "fsdp" (the rest)."""
+    local = jax.local_devices()
+    if devices < 1:
+        raise ConfigError(f"devices: {devices}: at least 1")
+    if devices > len(local):
+        raise ConfigError(
+            f"devices: {devices} asked for, {len(local)} {local[0].platform} device(s) available"
+        )
+    if devices == 1:
+        return None
+    data = math.gcd(devices, rows)
+    if frames % (devices // data):
+        raise ConfigError(
+            f"devices: {devices} devices do not split a clip of {rows} guidance passes x "
+            f"{frames} frames (the passes over {data}, the frames over {devices // data})"
+        )
+    return make_mesh(ParallelConfig(data=data, fsdp=devices // data), local[:devices])
 
 
 def _env_int(name: str) -> int | None:

@@ -6,6 +6,8 @@ axis that does not divide its dimension is dropped, and an array of at least `fs
 elements whose rules left "fsdp" unused gets it on its largest dimension that it divides (FSDP
 over the large dimensions). Optimizer moments and EMA share their parameter's name and shape, so
 they shard alike. Batches are split along their first axis over every data-parallel axis.
+Generation (`clip_spec`) replicates the params and splits a guided clip (passes x batch,
+frames, ...): its rows over "data", its frames over "fsdp".
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ RULES: dict[str, tuple[str, ...]] = {
     "embed": ("fsdp",),  # input features of kernels
     "mlp": ("tensor",),  # output features of kernels
     "vector": (),  # biases, norm scales: replicated
+    "passes": ("data",),  # generation: the guided batch's rows (guidance passes x videos)
+    "frames": ("fsdp",),  # generation: a clip's frames
 }
 
 
@@ -80,6 +84,12 @@ def batch_spec(mesh: Mesh) -> PartitionSpec:
     """Leading axis over the data-parallel mesh axes."""
     axes = _mesh_axes("batch", mesh)
     return PartitionSpec(axes if axes else None)
+
+
+def clip_spec(mesh: Mesh) -> PartitionSpec:
+    """A guided clip (passes x batch, frames, ...): rows and frames over their mesh axes."""
+    rows, frames = _mesh_axes("passes", mesh), _mesh_axes("frames", mesh)
+    return PartitionSpec(rows or None, frames or None)
 
 
 def batch_shardings(tree: Any, mesh: Mesh) -> Any:

@@ -23,7 +23,9 @@ once; the first clip's motion frames are the portrait repeated n times, later cl
 n generated frames (decoded, clipped to [-1, 1], re-encoded: not the rounded uint8 ones).
 Sampling: the bundle's diffusion config (Hallo's: DDIM, v-prediction, zero terminal SNR,
 trailing, 40 steps), one guidance scale that drops the face embedding, the audio and the face
-locator together: u + s (c - u). The video is trimmed to the audio's frame count.
+locator together: u + s (c - u). The video is trimmed to the audio's frame count. The scale and
+the region weights (motion_scale) are arguments of the compiled clip function, so a new value
+does not recompile; with `devices` > 1 the pair (u, c) x frames is split over the devices.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from emo_jax.audio.hallo import HalloAudioFeatures
 from emo_jax.config import AudioConfig, Config, DiffusionConfig, ModelConfig
@@ -52,6 +55,7 @@ from emo_jax.models.hallo import HalloModel
 from emo_jax.models.vae import AutoencoderKL, scale_latents, unscale_latents
 from emo_jax.pipeline.inputs import Reference, prepare_reference, read_audio
 from emo_jax.pipeline.pipeline import FAMILIES, Clip, EMOPipeline, Options, ProgressFn
+from emo_jax.pipeline.sampling import MeshPlacement, without_guidance
 
 LIPS_IN_FACE_BOX = np.array([0.3, 0.72, 0.7, 0.92])  # x0, y0, x1, y1 as fractions of the box
 MASK_NAMES = ("background", "face", "lip")  # Hallo's full (= background), face, lip masks
@@ -82,6 +86,7 @@ class HalloJob:
     frames: int  # video frames: Hallo's ceil(seconds x fps)
     inputs: HalloInputs
     fps: int
+    mesh: Mesh | None = None  # the devices a clip is split over (None: one)
 
     @property
     def num_frames(self) -> int:
@@ -186,16 +191,23 @@ def hallo_inputs(
     )
 
 
-class HalloFunctions:
+class HalloFunctions(MeshPlacement):
     """The jitted pieces: `encode` images in [-1, 1] (N, H, W, 3) -> scaled latent means;
     `latents` one clip from its noise (conditions, reference bank and every step in one
     program; `latents_reporting` calls `on_step` after each step); `decode` scaled latents
-    (k, h, w, 4) -> frames in [-1, 1] (k, H, W, 3)."""
+    (k, h, w, 4) -> frames in [-1, 1] (k, H, W, 3). The guidance scale is `latents`' argument
+    (the diffusion config's is not used)."""
 
-    def __init__(self, model: ModelConfig, diffusion: DiffusionConfig, sampler: Sampler | None):
+    def __init__(
+        self,
+        model: ModelConfig,
+        diffusion: DiffusionConfig,
+        sampler: Sampler | None,
+        mesh: Mesh | None = None,
+    ):
+        super().__init__(mesh)
         self.model = HalloModel(model)
         self.vae = AutoencoderKL(model.vae)
-        self.scale = diffusion.guidance_scale
         self.sampler = sampler or make_sampler(diffusion)
         self.on_step = None
         self.encode = jax.jit(self._encode)
@@ -230,10 +242,12 @@ class HalloFunctions:
         audio: jax.Array,
         noise: jax.Array,
         key: jax.Array,
+        scale: jax.Array,
         report: bool,
     ) -> jax.Array:
         """Latents (1, f, h, w, C) of one clip: stack (1+n, h, w, C) the reference and motion
-        latents; audio (1, f, 2m+1, layers, dim) windows; noise (1, f, h, w, C)."""
+        latents; audio (1, f, 2m+1, layers, dim) windows; noise (1, f, h, w, C); scale () the
+        guidance scale."""
         model, f = self.model, audio.shape[1]
         region = inputs.face_region[None]
         conds = model.apply(
@@ -245,21 +259,29 @@ class HalloFunctions:
         def denoise(x: jax.Array, t: jax.Array) -> jax.Array:
             if report:
                 jax.debug.callback(self._tick, t)
-            pair = jnp.concatenate([x, x])  # [unconditional; conditional]
+            pair = self.split(jnp.concatenate([x, x]))  # [unconditional; conditional]
             out = model.apply(
                 {"params": params}, pair, t, features, conds, masks, inputs.motion_scale
             )
-            return out[:1] + self.scale * (out[1:] - out[:1])
+            out = self.split(out)
+            return out[:1] + scale * (out[1:] - out[:1])
 
-        return sample(denoise, noise, self.sampler, key)
+        with self.scope():
+            return sample(denoise, noise, self.sampler, key)
+
+
+def hallo_functions(
+    model: ModelConfig, diffusion: DiffusionConfig, mesh: Mesh | None = None
+) -> HalloFunctions:
+    """The shared `HalloFunctions` for these configs (any guidance scale) and mesh."""
+    return _hallo_functions(model, without_guidance(diffusion), mesh)
 
 
 @functools.lru_cache(maxsize=4)
-def hallo_functions(
-    model: ModelConfig, diffusion: DiffusionConfig, sampler: Sampler | None = None
+def _hallo_functions(
+    model: ModelConfig, diffusion: DiffusionConfig, mesh: Mesh | None
 ) -> HalloFunctions:
-    """The shared `HalloFunctions` for these configs (and sampler, default the config's)."""
-    return HalloFunctions(model, diffusion, sampler)
+    return HalloFunctions(model, diffusion, None, mesh)
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -284,6 +306,7 @@ class HalloPipeline(EMOPipeline):
         face_model = opts.face_model or self.config.model.hallo.face_model
         recognition = None if face_model is None else ArcFace(face_model)  # fails early
         config = self.run_config(opts)
+        mesh = self.mesh(config, opts, 2)  # the pair (unconditional, conditional)
         audio_cfg = config.model.audio
         if audio_cfg.encoder != "wav2vec2" or not audio_cfg.wav2vec2_path:
             raise InputError(
@@ -307,19 +330,20 @@ class HalloPipeline(EMOPipeline):
         wave, name = read_audio(audio, sample_rate, audio_cfg.sample_rate)
         inputs = hallo_inputs(reference, config, opts, recognition, str(image))
         features, frames = audio_features(audio_cfg)(wave, config.model.emo.n_frames, name)
-        return HalloJob(config, opts, reference, wave, features, frames, inputs, fps)
+        return HalloJob(config, opts, reference, wave, features, frames, inputs, fps, mesh)
 
     def functions(self, job: HalloJob) -> HalloFunctions:
-        return hallo_functions(job.config.model, job.config.diffusion)
+        return hallo_functions(job.config.model, job.config.diffusion, job.mesh)
 
     def iter_clips(self, job: HalloJob, progress: ProgressFn | None = None) -> Iterator[Clip]:
         """Generates the clips of `job` in order (see the module doc)."""
         fns = self.functions(job)
-        params = self.model.params
+        params = fns.place(self.model.params)
         emo, vae = params["emo"], params["vae"]
         f, n = job.clip_frames, job.config.model.emo.n_motion_frames
         clips, total = job.num_clips, job.num_frames
         inputs = jax.tree_util.tree_map(jnp.asarray, job.inputs)
+        scale = jnp.float32(job.config.diffusion.guidance_scale)
         image = job.reference.image
         ref_latent = fns.encode(vae, jnp.asarray(image[None], jnp.float32) / 127.5 - 1.0)
         motion_latents = jnp.repeat(ref_latent, n, axis=0)  # the portrait, n times
@@ -340,7 +364,8 @@ class HalloPipeline(EMOPipeline):
             fns.on_step = on_step
             try:
                 run = fns.latents if progress is None else fns.latents_reporting
-                latents = run(emo, stack, inputs, jnp.asarray(job.windows(k)), noise, step_key)
+                audio = jnp.asarray(job.windows(k))
+                latents = run(emo, stack, inputs, audio, noise, step_key, scale)
                 latents = jax.block_until_ready(latents)
             finally:
                 fns.on_step = None

@@ -4,13 +4,17 @@
     out = pipe("portrait.png", "speech.wav", out="video.mp4", seed=0)
     out.frames                                              # (T, R, R, 3) uint8
 
-The clip loop (paper, Inference): audio features for the whole track; clips of f frames;
+The clip loop (paper, Inference): audio features normalised over the whole track, computed
+and windowed clip by clip (memory: one encoder chunk); clips of f frames; the reference's
+ReferenceNet features once per video;
 clip k's motion frames are the last n frames generated in clip k-1 (re-encoded with the VAE:
 the uint8 frames that are written), the first clip's are zero maps; the last clip is padded
 (audio features and speeds repeat the last frame) and trimmed, so the video has exactly the
 audio's frame count (`emo_jax.audio.features.num_frames`). Frames are decoded in chunks of
 `decode_chunk` and streamed to the mp4 as each clip finishes, so memory does not grow with the
-video's length (unless the frames are also returned).
+video's length (unless the frames are also returned). The guidance scales are arguments of
+the compiled clip function (a new scale does not recompile); `devices` > 1 splits every
+denoising forward's guidance passes x frames over that many devices (`emo_jax.pipeline.sampling`).
 """
 
 from __future__ import annotations
@@ -27,14 +31,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from PIL import Image
 
 from emo_jax.audio.features import AudioFeatures
 from emo_jax.config import Config, apply_overrides, from_dict, load_config, to_dict
 from emo_jax.data.video import VideoWriter
+from emo_jax.diffusion import Guidance
 from emo_jax.errors import InputError, check_output
 from emo_jax.files import atomic_folder
 from emo_jax.interrupt import pause_point
+from emo_jax.parallel.mesh import generation_mesh
 from emo_jax.pipeline.inputs import (
     DEFAULT_SPEED,
     FACE_EXPAND,
@@ -70,6 +77,7 @@ class Options:
     face: int | None = None  # which detected face (0: the largest); None: the largest, noticed
     crop_scale: float | None = None  # crop side / face size (data.crop_scale)
     decode_chunk: int = 4  # frames per VAE decode call
+    devices: int | None = None  # devices a clip is split over (parallel.generate_devices)
     # Hallo-family models only (emo_jax.pipeline.hallo):
     face_model: str | Path | None = None  # ArcFace ONNX (Hallo's: glintr100.onnx)
     pose_weight: float | None = None  # motion_scale: full-frame (pose) audio weight
@@ -90,13 +98,19 @@ class Job:
     options: Options
     reference: Reference
     wave: np.ndarray  # raw mono waveform at config.model.audio.sample_rate (muxed into the mp4)
-    audio: np.ndarray  # (T, 2m+1, layers, dim) audio features
+    audio: np.ndarray  # the waveform normalised over the whole track (the features' input)
+    features: AudioFeatures  # computes the features, clip by clip (`clip_audio`)
     speed: np.ndarray  # (T,) degrees per frame
     fps: int
+    mesh: Mesh | None  # the devices a clip is split over (None: one)
 
     @property
     def num_frames(self) -> int:
-        return len(self.audio)
+        return len(self.speed)
+
+    @property
+    def guidance(self) -> Guidance:
+        return Guidance.from_config(self.config.diffusion)
 
     @property
     def clip_frames(self) -> int:
@@ -105,6 +119,19 @@ class Job:
     @property
     def num_clips(self) -> int:
         return math.ceil(self.num_frames / self.clip_frames)
+
+    def clip_audio(self) -> Iterator[np.ndarray]:
+        """Each clip's audio windows (1, f, 2m+1, layers, dim), in order, computed as they are
+        needed; the last clip padded with its last frame's."""
+        f = self.clip_frames
+        pending = np.zeros((0, *self.features.window_shape), np.float32)
+        for block in self.features.iter_windows(self.audio):
+            pending = np.concatenate([pending, block])
+            while len(pending) >= f:
+                yield pending[None, :f]
+                pending = pending[f:]
+        if len(pending):
+            yield np.concatenate([pending, np.repeat(pending[-1:], f - len(pending), 0)])[None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +254,7 @@ class EMOPipeline:
                 f"{', '.join(opts.hallo_only())}: options of Hallo models; this model is an EMO"
             )
         config = self.run_config(opts)
+        mesh = self.mesh(config, opts, Guidance.from_config(config.diffusion).num_passes)
         speed = opts.speed  # a curve file is read first: it is quick to check
         if isinstance(speed, (str, Path)):
             speed = read_speed_curve(speed)
@@ -248,32 +276,37 @@ class EMOPipeline:
         wave, name = read_audio(audio, sample_rate, audio_cfg.sample_rate)
 
         features = AudioFeatures(audio_cfg)
-        windows = np.concatenate(list(features.iter_windows(features.prepare(wave, name))))
-        speed = speed_per_frame(speed, len(windows), audio_cfg.fps)
-        return Job(config, opts, reference, wave, windows, speed, fps)
+        normalised = features.prepare(wave, name)
+        speed = speed_per_frame(speed, features.num_frames(normalised), audio_cfg.fps)
+        return Job(config, opts, reference, wave, normalised, features, speed, fps, mesh)
+
+    def mesh(self, config: Config, options: Options, rows: int) -> Mesh | None:
+        """The devices a clip of `rows` guided rows is split over (checked: exit 2 if wrong)."""
+        devices = options.devices or config.parallel.generate_devices
+        return generation_mesh(devices, rows, config.model.emo.n_frames)
 
     # ------------------------------------------------------------------ generation
 
     def functions(self, job: Job) -> VideoFunctions:
-        return video_functions(job.config.model, job.config.diffusion)
+        return video_functions(job.config.model, job.config.diffusion, job.mesh)
 
     def iter_clips(self, job: Job, progress: ProgressFn | None = None) -> Iterator[Clip]:
         """Generates the clips of `job` in order (see the module doc)."""
         fns = self.functions(job)
-        params = self.model.params
+        params = fns.place(self.model.params)
         emo, vae = params["emo"], params["vae"]
         f, n = job.clip_frames, job.config.model.emo.n_motion_frames
         temporal = job.config.model.emo.use_temporal
         clips, total = job.num_clips, job.num_frames
         pad = clips * f - total
-        audio = np.concatenate([job.audio, np.repeat(job.audio[-1:], pad, axis=0)])
         speed = np.concatenate([job.speed, np.repeat(job.speed[-1:], pad)])
+        guidance = job.guidance
         mask = jnp.asarray(job.reference.mask[None])
         ref_latent = fns.encode(vae, jnp.asarray(job.reference.image[None]))
         base = fns.reference(emo, ref_latent)
         seed_key = jax.random.key(job.options.seed)
         motion_frames = motion_latents = None
-        for k in range(clips):
+        for k, audio in enumerate(job.clip_audio()):
             features = base
             if temporal and motion_frames is not None:
                 motion_latents = jnp.stack(
@@ -293,10 +326,11 @@ class EMOPipeline:
                 latents = sample(
                     emo,
                     features,
-                    jnp.asarray(audio[k * f : (k + 1) * f][None]),
+                    jnp.asarray(audio),
                     mask,
                     jnp.asarray(speed[k * f : (k + 1) * f][None]),
                     jax.random.fold_in(seed_key, k),
+                    guidance,
                 )
                 latents = jax.block_until_ready(latents)
             finally:
