@@ -57,36 +57,10 @@ def test_alignment_puts_the_five_points_on_the_template():
         )
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A small conv net with the recognition model's interface, as ONNX, and its torch twin."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("onnx", reason="torch.onnx.export needs onnx (the test extra)")
-    pytest.importorskip("onnxruntime", reason="pip install 'emo-jax[faces]'")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 5, stride=4),
-        torch.nn.ReLU(),
-        torch.nn.Flatten(),
-        torch.nn.Linear(8 * 27 * 27, 512),
-    ).eval()
-    path = tmp_path_factory.mktemp("arcface") / "tiny.onnx"
-    torch.onnx.export(
-        net,
-        (torch.zeros(1, 3, 112, 112),),
-        str(path),
-        dynamo=False,
-        input_names=["input.1"],
-        output_names=["embedding"],
-        dynamic_axes={"input.1": {0: "n"}},
-    )
-    return path, net
-
-
-def test_embedding_is_the_models_output_on_the_normalised_aligned_face(tiny_model):
+def test_embedding_is_the_models_output_on_the_normalised_aligned_face(tiny_arcface):
     import torch
 
-    path, net = tiny_model
+    path, net = tiny_arcface
     model = arcface.ArcFace(path)
     rng = np.random.default_rng(1)
     image = rng.integers(0, 255, (200, 180, 3), dtype=np.uint8)

@@ -204,31 +204,6 @@ def test_generate_writes_hallo_video(bundle, tiny_arcface, tmp_path, capsys):
     shutil.rmtree(frames_dir)
 
 
-@pytest.fixture(scope="module")
-def tiny_arcface(tmp_path_factory):
-    """A small conv net with the recognition model's interface (112 x 112 -> 512), as ONNX."""
-    pytest.importorskip("onnx", reason="torch.onnx.export needs onnx (the test extra)")
-    pytest.importorskip("onnxruntime", reason="pip install 'emo-jax[faces]'")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 5, stride=4),
-        torch.nn.ReLU(),
-        torch.nn.Flatten(),
-        torch.nn.Linear(8 * 27 * 27, 512),
-    ).eval()
-    path = tmp_path_factory.mktemp("arcface") / "w600k_tiny.onnx"
-    torch.onnx.export(
-        net,
-        (torch.zeros(1, 3, 112, 112),),
-        str(path),
-        dynamo=False,
-        input_names=["input.1"],
-        output_names=["embedding"],
-        dynamic_axes={"input.1": {0: "n"}},
-    )
-    return path, net
-
-
 def test_face_inputs_as_hallo_forms_them(tiny_arcface):
     """Face embedding: the recognition model's raw output (insightface's `face.embedding`, not
     unit length) on the aligned face; face region and the full / face / lip masks from the

@@ -90,6 +90,23 @@ def window_frames(features: np.ndarray, m: int) -> np.ndarray:
     return np.concatenate(list(iter_windowed([features], m)))
 
 
+def check_waveform(wave: np.ndarray, cfg: AudioConfig, name: str) -> None:
+    """A raw waveform at `cfg.sample_rate`: at least one video frame long (else InputError);
+    a warning naming `name` if it is silent."""
+    if len(wave) * cfg.fps < cfg.sample_rate:
+        raise InputError(
+            f"{name}: the audio lasts {1000 * len(wave) / cfg.sample_rate:.1f} ms, shorter "
+            f"than one video frame ({1000 / cfg.fps:.1f} ms at {cfg.fps:g} fps)"
+        )
+    peak = float(np.max(np.abs(wave)))
+    if peak < SILENCE_PEAK:
+        warnings.warn(
+            f"{name}: the audio is silent (peak {peak:.1e}); its features carry no speech",
+            SilentAudioWarning,
+            stacklevel=3,
+        )
+
+
 class AudioFeatures:
     """Audio (file or waveform) -> per-video-frame features, as the module docstring says."""
 
@@ -112,20 +129,8 @@ class AudioFeatures:
         return self.prepare(load_audio(path, self.cfg.sample_rate), str(path))
 
     def prepare(self, wave: np.ndarray, name: str = "waveform") -> np.ndarray:
-        """Checks a raw waveform (long enough; warns if silent) and normalises it."""
-        cfg = self.cfg
-        if len(wave) * cfg.fps < cfg.sample_rate:
-            raise InputError(
-                f"{name}: the audio lasts {1000 * len(wave) / cfg.sample_rate:.1f} ms, shorter "
-                f"than one video frame ({1000 / cfg.fps:.1f} ms at {cfg.fps:g} fps)"
-            )
-        peak = float(np.max(np.abs(wave)))
-        if peak < SILENCE_PEAK:
-            warnings.warn(
-                f"{name}: the audio is silent (peak {peak:.1e}); its features carry no speech",
-                SilentAudioWarning,
-                stacklevel=2,
-            )
+        """Checks a raw waveform (`check_waveform`) and normalises it."""
+        check_waveform(wave, self.cfg, name)
         return normalize(wave)
 
     def num_frames(self, wave: np.ndarray) -> int:

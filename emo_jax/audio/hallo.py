@@ -19,16 +19,14 @@ separation (audio-separator, Kim_Vocal_2) is left out: give speech without music
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emo_jax.audio.features import SILENCE_PEAK, SilentAudioWarning, normalize
+from emo_jax.audio.features import check_waveform, normalize
 from emo_jax.config import AudioConfig
-from emo_jax.errors import InputError
 from emo_jax.models.wav2vec2 import (
     Encoder,
     FeatureEncoder,
@@ -96,18 +94,7 @@ class HalloAudioFeatures:
         float32, frames of the video): see the module doc."""
         cfg = self.cfg
         frames = audio_frames(len(wave), cfg.sample_rate, cfg.fps)
-        if len(wave) * cfg.fps < cfg.sample_rate:
-            raise InputError(
-                f"{name}: the audio lasts {1000 * len(wave) / cfg.sample_rate:.1f} ms, shorter "
-                f"than one video frame ({1000 / cfg.fps:.1f} ms at {cfg.fps:g} fps)"
-            )
-        peak = float(np.max(np.abs(wave)))
-        if peak < SILENCE_PEAK:
-            warnings.warn(
-                f"{name}: the audio is silent (peak {peak:.1e}); its features carry no speech",
-                SilentAudioWarning,
-                stacklevel=2,
-            )
+        check_waveform(wave, cfg, name)
         padded = padded_frames(frames, clip_frames)
         per_frame = cfg.sample_rate // round(cfg.fps)  # Hallo: sample_rate // fps samples
         x = np.pad(normalize(wave), (0, (padded - frames) * per_frame))

@@ -53,8 +53,15 @@ from emo_jax.faces.regions import box_region_masks, region_masks
 from emo_jax.models.emo import encode_reference
 from emo_jax.models.hallo import HalloModel
 from emo_jax.models.vae import AutoencoderKL, scale_latents, unscale_latents
-from emo_jax.pipeline.inputs import Reference, prepare_reference, read_audio
-from emo_jax.pipeline.pipeline import FAMILIES, Clip, EMOPipeline, Options, ProgressFn
+from emo_jax.pipeline.inputs import Reference
+from emo_jax.pipeline.pipeline import (
+    FAMILIES,
+    Clip,
+    EMOPipeline,
+    Options,
+    ProgressFn,
+    reporting,
+)
 from emo_jax.pipeline.sampling import MeshPlacement, without_guidance
 
 LIPS_IN_FACE_BOX = np.array([0.3, 0.72, 0.7, 0.92])  # x0, y0, x1, y1 as fractions of the box
@@ -313,21 +320,7 @@ class HalloPipeline(EMOPipeline):
                 f"{self.model.source}: no wav2vec2 in this Hallo bundle (convert it again with "
                 "--wav2vec2 DIR, Hallo's wav2vec/wav2vec2-base-960h folder)"
             )
-        fps = round(audio_cfg.fps)
-        if fps != audio_cfg.fps:
-            raise InputError(f"model.audio.fps {audio_cfg.fps}: video needs a whole frame rate")
-        reference = prepare_reference(
-            image,
-            self.resolution(opts),
-            opts.crop_scale or config.data.crop_scale,
-            opts.face_expand,
-            opts.mask,
-            config.data.detector,
-            opts.face,
-        )
-        if reference.notice:
-            warnings.warn(reference.notice, stacklevel=2)
-        wave, name = read_audio(audio, sample_rate, audio_cfg.sample_rate)
+        reference, wave, name, fps = self.read_inputs(config, opts, image, audio, sample_rate)
         inputs = hallo_inputs(reference, config, opts, recognition, str(image))
         features, frames = audio_features(audio_cfg)(wave, config.model.emo.n_frames, name)
         return HalloJob(config, opts, reference, wave, features, frames, inputs, fps, mesh)
@@ -351,24 +344,14 @@ class HalloPipeline(EMOPipeline):
         seed_key = jax.random.key(job.options.seed)
         shape = (1, f, *ref_latent.shape[1:])
         for k in range(clips):
-            step = 0
-
-            def on_step(k=k):
-                nonlocal step
-                step += 1
-                progress(k, clips, step, fns.num_steps)
-
             noise_key, step_key = jax.random.split(jax.random.fold_in(seed_key, k))
             noise = jax.random.normal(noise_key, shape, jnp.float32)
             stack = jnp.concatenate([ref_latent, motion_latents])  # (1+n, h, w, C)
-            fns.on_step = on_step
-            try:
+            with reporting(fns, progress, k, clips):
                 run = fns.latents if progress is None else fns.latents_reporting
                 audio = jnp.asarray(job.windows(k))
                 latents = run(emo, stack, inputs, audio, noise, step_key, scale)
                 latents = jax.block_until_ready(latents)
-            finally:
-                fns.on_step = None
             video = self._decode_float(fns, vae, latents[0], job.options.decode_chunk)
             frames = to_uint8(video)
             yield Clip(

@@ -159,6 +159,25 @@ class EMOOutput:
     seconds: float  # wall time of the generation (after `prepare`)
 
 
+@contextlib.contextmanager
+def reporting(fns: Any, progress: ProgressFn | None, clip: int, clips: int) -> Iterator[None]:
+    """While clip `clip` of `clips` samples: each denoising step of `fns` is reported to
+    `progress` (clip, clips, step, steps)."""
+    step = 0
+
+    def on_step() -> None:
+        nonlocal step
+        step += 1
+        if progress is not None:
+            progress(clip, clips, step, fns.num_steps)
+
+    fns.on_step = on_step
+    try:
+        yield
+    finally:
+        fns.on_step = None
+
+
 class EMOPipeline:
     """Portrait + audio -> video. One pipeline runs one video at a time. `from_pretrained`
     gives the subclass of the model's family (`FAMILIES`)."""
@@ -259,6 +278,18 @@ class EMOPipeline:
         if isinstance(speed, (str, Path)):
             speed = read_speed_curve(speed)
         audio_cfg = config.model.audio
+        reference, wave, name, fps = self.read_inputs(config, opts, image, audio, sample_rate)
+        features = AudioFeatures(audio_cfg)
+        normalised = features.prepare(wave, name)
+        speed = speed_per_frame(speed, features.num_frames(normalised), audio_cfg.fps)
+        return Job(config, opts, reference, wave, normalised, features, speed, fps, mesh)
+
+    def read_inputs(
+        self, config: Config, opts: Options, image: Any, audio: Any, sample_rate: int | None
+    ) -> tuple[Reference, np.ndarray, str, int]:
+        """The portrait cropped around its face (a notice warned) and the raw audio at the
+        model's rate: (reference, waveform, its name, the video's frame rate)."""
+        audio_cfg = config.model.audio
         fps = round(audio_cfg.fps)
         if fps != audio_cfg.fps:
             raise InputError(f"model.audio.fps {audio_cfg.fps}: video needs a whole frame rate")
@@ -272,13 +303,9 @@ class EMOPipeline:
             opts.face,
         )
         if reference.notice:
-            warnings.warn(reference.notice, stacklevel=2)
+            warnings.warn(reference.notice, stacklevel=3)
         wave, name = read_audio(audio, sample_rate, audio_cfg.sample_rate)
-
-        features = AudioFeatures(audio_cfg)
-        normalised = features.prepare(wave, name)
-        speed = speed_per_frame(speed, features.num_frames(normalised), audio_cfg.fps)
-        return Job(config, opts, reference, wave, normalised, features, speed, fps, mesh)
+        return reference, wave, name, fps
 
     def mesh(self, config: Config, options: Options, rows: int) -> Mesh | None:
         """The devices a clip of `rows` guided rows is split over (checked: exit 2 if wrong)."""
@@ -313,15 +340,7 @@ class EMOPipeline:
                     [fns.encode(vae, jnp.asarray(fr[None]))[0] for fr in motion_frames]
                 )[None]  # (1, n, h, w, 4)
                 features = {**base, "motion": fns.motion(emo, ref_latent, motion_latents)}
-            step = 0
-
-            def on_step(k=k):
-                nonlocal step
-                step += 1
-                progress(k, clips, step, fns.num_steps)
-
-            fns.on_step = on_step
-            try:
+            with reporting(fns, progress, k, clips):
                 sample = fns.sample if progress is None else fns.sample_reporting
                 latents = sample(
                     emo,
@@ -333,8 +352,6 @@ class EMOPipeline:
                     guidance,
                 )
                 latents = jax.block_until_ready(latents)
-            finally:
-                fns.on_step = None
             frames = self._decode(fns, vae, latents[0], job.options.decode_chunk)
             valid = min(f, total - k * f)
             yield Clip(
