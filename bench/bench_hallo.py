@@ -3,7 +3,7 @@ back, and the per-device memory and FLOPs of 512x512 generation from the compile
 
     python bench/bench_hallo.py convert [--workdir DIR]         # ~5 GB synthetic net.pth
     python bench/bench_hallo.py compile --target v5e:1x1 --dtype bfloat16   # TPU (libtpu)
-    python bench/bench_hallo.py compile --target cpu --dtype float16        # XLA:CPU
+    python bench/bench_hallo.py compile --target cpu    # XLA:CPU (no float16 matmuls: bfloat16)
     python bench/bench_hallo.py all --quick     # seconds: the tiny fixture's sizes, in-process
 
 `convert`: a `net.pth` of Hallo's released shapes (the key / shape table the converter
