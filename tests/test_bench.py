@@ -26,6 +26,10 @@ QUICK = {
     "bench_generate.py": ([], r"one guided step of a clip"),
     "bench_train.py": (["all"], r"peak \(compiled step\) +\d"),
     "bench_attention.py": ([], r"attention +forward temp MiB"),
+    "bench_hallo.py": (
+        ["all", "--only", "decode"],
+        r"(?s)round trip: bit-exact: True.*\| VAE decode of 16 frames \|",
+    ),
 }
 WITHOUT_QUICK = {  # script -> why, and what runs it instead
     "bench_recipe.py": "reads a finished recipe run: test_recipe_table_of_a_finished_run",
@@ -48,7 +52,7 @@ def test_quick(name, tmp_path, monkeypatch, capsys):
     args, expected = QUICK[name]
     if name in ("bench_data.py", "bench_eval.py"):
         args = [*args, "--cache", str(tmp_path)]
-    if name == "bench_convert.py":
+    if name in ("bench_convert.py", "bench_hallo.py"):
         args = [*args, "--workdir", str(tmp_path / "work")]
     run_script(name, [*args, "--quick"], monkeypatch)
     out = capsys.readouterr().out

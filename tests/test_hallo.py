@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from emo_jax.audio.features import window_frames
+from emo_jax.checkpoint.bundle import load_bundle
 from emo_jax.cli import main
 from emo_jax.diffusion.samplers import ddim, init_state, step
 from emo_jax.diffusion.schedule import alphas_cumprod
@@ -388,3 +389,31 @@ def test_guided_sampling(fx):
     want = io["e_video"]  # (1, 3, F, H, W)
     close(np.moveaxis(np.asarray(decode(hallo_state.sample)), -1, 0)[None], want)
     close(np.moveaxis(np.asarray(decode(state.sample)), -1, 0)[None], want, TRAJECTORY_RTOL)
+
+
+def test_convert_float16_file(fx, tmp_path):
+    """Hallo's release stores float16 (4.8 GB): the bundle keeps the file's values and dtype
+    (held once, not widened), its positional tables the sinusoid rounded to float16; the
+    float16 params compute as their float32 values do; the export is the file, bit for bit."""
+    half = tmp_path / "half"
+    half.mkdir()
+    state = torch.load(fx.folder / "net.pth", weights_only=True)
+    torch.save({k: v.half() for k, v in state.items()}, half / "net.pth")
+    copy_sizes(fx.folder, half)
+    bundle, back = tmp_path / "bundle", tmp_path / "back"
+    assert main(["convert", "--src", str(half / "net.pth"), "--src-format", "hallo",
+                 "--dst", str(bundle)]) == 0  # fmt: skip
+    params = load_bundle(bundle)[1]["emo"]
+    assert {np.dtype(x.dtype) for x in jax.tree_util.tree_leaves(params)} == {np.dtype("float16")}
+    wide = hallo.read(half / "net.pth").params  # float32
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(wide)):
+        assert np.array_equal(np.asarray(a, np.float32), b)
+    x = fx.io["a_audioproj_in"]
+    got = apply_part(fx.model.config, params, "audio_proj", x)
+    want = apply_part(fx.model.config, wide, "audio_proj", x)
+    assert got.dtype == want.dtype == jnp.float32 and np.array_equal(got, want)
+    assert main(["convert", "--src", str(bundle), "--dst-format", "hallo", "--dst", str(back)]) == 0
+    got, want = torch.load(back / "net.pth"), torch.load(half / "net.pth")
+    assert sorted(got) == sorted(want) and all(
+        got[k].dtype == v.dtype and torch.equal(got[k], v) for k, v in want.items()
+    )

@@ -29,9 +29,12 @@ def save_bundle(folder: str | Path, config: Config, params: dict, overwrite: boo
         raise ValueError(f"bundle params need {', '.join(PARTS)}; missing {', '.join(missing)}")
     with atomic_folder(folder, overwrite) as tmp:
         (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp / "params", params)
-            ckptr.wait_until_finished()
+        # at most 1 GB copied to host buffers at a time: a large model is not held twice
+        handler = ocp.PyTreeCheckpointHandler(
+            save_concurrent_gb=1, save_device_host_concurrent_gb=1
+        )
+        with ocp.Checkpointer(handler) as ckptr:
+            ckptr.save(tmp / "params", args=ocp.args.PyTreeSave(params))
 
 
 def is_bundle(folder: str | Path) -> bool:

@@ -10,7 +10,9 @@
 The sizes are Hallo's released ones unless `unet_config.json`, `unet_additional_kwargs.json`
 and `modules.json` lie beside `net.pth` (and `vae/config.json`, the VAE's). Reading is strict:
 every key mapped, none left over, shapes checked; the pickle is memory-mapped and read with
-`weights_only`, so a 4.8 GB file is held about once.
+`weights_only`, one tensor at a time, and kept in its own dtype (Hallo's release: float16;
+computation promotes it to `model.dtype`): a 4.8 GB file is held about once and its bundle
+is as large (bench/bench_hallo.py measures both ways).
 """
 
 from __future__ import annotations
@@ -262,15 +264,14 @@ def to_flax(state: Any, abstract: Any, max_len: int, source: str) -> Any:
     """Hallo state dict -> Flax params shaped like `abstract` (strict; pe tables checked)."""
     expected_pe = pe_keys(_hallo_shapes(abstract), max_len)
     bad = []
-    weights = {}
-    for key in state.keys():
-        if key in expected_pe:
-            value = np.asarray(state[key])
-            table = positional_table(*expected_pe[key][1:])
-            if value.shape != table.shape or not np.allclose(value, table, atol=1e-5):
-                bad.append(key)
-        else:
-            weights[key] = state[key]
+    for key in sorted(expected_pe.keys() & state.keys()):
+        value = np.asarray(state[key])
+        table = positional_table(*expected_pe[key][1:])
+        half = table.astype(np.float16).astype(value.dtype)  # as a float16 file holds it
+        if value.shape != table.shape or not (
+            np.allclose(value, table, atol=1e-5) or np.array_equal(value, half)
+        ):
+            bad.append(key)
     missing_pe = sorted(set(expected_pe) - set(state.keys()))
     if bad or missing_pe:
         what = [
@@ -280,18 +281,39 @@ def to_flax(state: Any, abstract: Any, max_len: int, source: str) -> Any:
             missing_pe
         )
         raise InputError(f"{source}: " + "; ".join(what))
+    weights = _Without(state, expected_pe.keys())  # read tensor by tensor, not copied here
     params, _, _ = torch_to_flax(weights, abstract, RENAMES, source=source)
     return params
 
 
+class _Without(Mapping):
+    """A state dict less some keys (a view: nothing is read until asked for)."""
+
+    def __init__(self, state: Mapping, drop: Any):
+        self._state, self._drop = state, set(drop)
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._drop:
+            raise KeyError(key)
+        return self._state[key]
+
+    def __iter__(self):
+        return (k for k in self._state if k not in self._drop)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 def export_entries(params: Any, max_len: int) -> list:
-    """Hallo's `net.pth` tensors (lazy entries, Hallo's key names) for EMO params."""
+    """Hallo's `net.pth` tensors (lazy entries, Hallo's key names) for EMO params; the
+    positional tables in their attention's dtype."""
     entries = torch_entries(params, RENAMES)
     shapes = {e.key: e.shape for e in entries}
+    dtypes = {e.key: e.dtype for e in entries}
     for key, shape in pe_keys(shapes, max_len).items():
-        entries.append(
-            Entry(key, shape, np.dtype(np.float32), lambda s=shape: positional_table(*s[1:]))
-        )
+        dtype = dtypes[key.replace("pos_encoder.pe", "to_q.weight")]
+        make = lambda s=shape, d=dtype: positional_table(*s[1:]).astype(d)  # noqa: E731
+        entries.append(Entry(key, shape, dtype, make))
     return entries
 
 
@@ -308,8 +330,9 @@ def _abstract(config: ModelConfig) -> Any:
     return abstract_params(HalloModel(config))
 
 
-def read(path: str | Path, vae: VAEConfig | None = None) -> HalloWeights:
-    """Reads Hallo's `net.pth` (sizes from the JSON files beside it, else Hallo's released)."""
+def read(path: str | Path, vae: VAEConfig | None = None, dtype: Any = np.float32) -> HalloWeights:
+    """Reads Hallo's `net.pth` (sizes from the JSON files beside it, else Hallo's released);
+    params as `dtype`, or None: float16 and float32 tensors as the file stores them."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
@@ -322,19 +345,22 @@ def read(path: str | Path, vae: VAEConfig | None = None) -> HalloWeights:
         )
     config = model_config(path.parent, vae)
     abstract = _abstract(config)
-    renamed = _Float32(state)
+    renamed = _Floats(state, dtype)
     params = to_flax(renamed, abstract, config.emo.temporal.motion_max_seq_length, str(path))
     return HalloWeights(config, params)
 
 
-class _Float32(Mapping):
-    """A state dict whose tensors are read as float32 on access."""
+class _Floats(Mapping):
+    """A state dict whose tensors are read as `dtype` on access (None: float16 and float32 as
+    they are, others as float32)."""
 
-    def __init__(self, state: Mapping):
-        self._state = state
+    def __init__(self, state: Mapping, dtype: Any):
+        self._state, self._dtype = state, dtype
 
     def __getitem__(self, key: str) -> np.ndarray:
-        return np.asarray(self._state[key], np.float32)
+        value = np.asarray(self._state[key])
+        keep = self._dtype is None and value.dtype in (np.float16, np.float32)
+        return value if keep else np.asarray(value, self._dtype or np.float32)
 
     def __iter__(self):
         return iter(self._state)
@@ -351,13 +377,14 @@ def to_bundle(
     overwrite: bool = False,
 ) -> Config:
     """Hallo's `net.pth` + the SD VAE folder (`--vae`, else `vae/` beside it) + the wav2vec2
-    folder -> an emo_jax model bundle (Hallo's sampler settings); complete or nothing."""
+    folder -> an emo_jax model bundle (Hallo's sampler settings; the params in the file's
+    float16 or float32); complete or nothing."""
     src = Path(src)
     vae = Path(vae) if vae else src.parent / "vae"
     if not (vae / "config.json").is_file():
         raise InputError(f"{vae}: no VAE folder (pass --vae, the sd-vae-ft-mse folder)")
     vae_module, vae_params = AutoencoderKL.from_pretrained(vae)
-    weights = read(src, vae_module.config)
+    weights = read(src, vae_module.config, dtype=None)  # as stored: the file held once
     audio = weights.config.audio
     if wav2vec2:
         w2v = read_config(Path(wav2vec2), WAV2VEC2_FORMAT)
@@ -386,9 +413,13 @@ def from_bundle(src: str | Path, dst: str | Path, overwrite: bool = False) -> No
     model = config.model
     if model.emo.family != "hallo":
         raise InputError(f"{src}: a model of family {model.emo.family!r}, not hallo")
-    entries = export_entries(params["emo"], model.emo.temporal.motion_max_seq_length)
+    entries = export_entries(params.pop("emo"), model.emo.temporal.motion_max_seq_length)
+    del params
     with atomic_folder(dst, overwrite) as tmp:
-        state = {e.key: torch.from_numpy(np.array(e.make())) for e in entries}
+        state = {}
+        for i, e in enumerate(entries):  # each param is freed once its tensor is made
+            state[e.key] = torch.from_numpy(np.array(e.make()))
+            entries[i] = None
         torch.save(state, tmp / "net.pth")
         for name, data in sizes_json(model).items():
             write_json(data, tmp / name)

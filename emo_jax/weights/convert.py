@@ -190,10 +190,10 @@ def check_shapes(saved: Any, expected: Any, source: str) -> None:
 
 
 def _to_device(value: np.ndarray) -> Any:
-    """Float32 weights become jax arrays as they are read, so the numpy copy of each tensor is
-    freed at once (a checkpoint is held once) and Orbax saves them without another copy.
-    Other dtypes stay numpy: JAX would narrow 64-bit values."""
-    return jnp.asarray(value) if value.dtype == np.float32 else value
+    """Float32 and float16 weights become jax arrays as they are read, so the numpy copy of
+    each tensor is freed at once (a checkpoint is held once) and Orbax saves them without
+    another copy. Other dtypes stay numpy: JAX would narrow 64-bit values."""
+    return jnp.asarray(value) if value.dtype in (np.float32, np.float16) else value
 
 
 def torch_to_flax(

@@ -6,9 +6,13 @@ bfloat16 is numpy's through `ml_dtypes` (importing it registers the type that sa
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import json
+import mmap
 import struct
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,19 +27,21 @@ SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pth", ".pt")
 
 
-def _load_pickle(path: Path) -> dict[str, np.ndarray]:
+def _load_pickle(path: Path) -> Mapping[str, np.ndarray]:
     try:
         import torch
     except ImportError:
         raise InputError(
             f"{path}: reading PyTorch pickle files needs torch (pip install 'emo-jax[torch]')"
         ) from None
+    mapped = True
     try:
         try:  # memory-mapped: tensors are read from the file as they are used
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:
             if "mmap" not in str(e):
                 raise
+            mapped = False
             obj = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy format
     except Exception as e:  # torch raises many kinds for bad files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -49,12 +55,48 @@ def _load_pickle(path: Path) -> dict[str, np.ndarray]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    out = {}
-    for k, v in obj.items():
-        if isinstance(v, torch.Tensor):
-            v = v.detach()
-            out[k] = (v.float() if v.dtype == torch.bfloat16 else v).numpy()
-    return out
+    return PickleStateDict({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, mapped)
+
+
+class PickleStateDict(Mapping):
+    """A pickle's tensors, each copied out as numpy on access (bfloat16 as float32). Of a
+    memory-mapped file, the pages a tensor was read from are then dropped from this process
+    (they are the file's: read again if used again), so reading every tensor once holds the
+    copies made, not the file as well."""
+
+    def __init__(self, tensors: dict[str, Any], mapped: bool):
+        self._tensors = tensors
+        self._mapped = mapped and sys.platform == "linux"
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        import torch
+
+        v = self._tensors[key].detach()
+        value = (v.float() if v.dtype == torch.bfloat16 else v).numpy().copy()
+        if self._mapped:
+            _drop_pages(v.untyped_storage())
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+def _drop_pages(storage: Any) -> None:
+    """madvise(MADV_DONTNEED) over a memory-mapped storage's whole pages: the private, never
+    written file pages leave the resident set and are read from the file on the next use."""
+    start, size = storage.data_ptr(), storage.nbytes()
+    lo = start // mmap.PAGESIZE * mmap.PAGESIZE
+    hi = -(-(start + size) // mmap.PAGESIZE) * mmap.PAGESIZE
+    if size:
+        _libc().madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # 4: MADV_DONTNEED
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def load_state_dict(path: str | Path) -> Mapping[str, np.ndarray]:
