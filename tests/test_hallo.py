@@ -27,6 +27,7 @@ from emo_jax.interop import hallo
 from emo_jax.models.emo import encode_reference
 from emo_jax.models.hallo import HalloModel, apply_part
 from emo_jax.models.vae import AutoencoderKL
+from emo_jax.nn import attention as attention_module
 
 HERE = Path(__file__).parent
 FOLDERS = [
@@ -159,6 +160,15 @@ def test_face_locator(fx):
     close(jnp.moveaxis(got.reshape(b, f, *got.shape[1:]), -1, 1), want)
 
 
+def d_conditions(io: dict) -> dict:
+    """The recorded denoiser call's conditions, as `HalloModel.conditions` returns them."""
+    return {
+        "context": io["d_encoder_hidden_states"],
+        "audio": io["d_audio_embedding"],
+        "residual": video_in(io["d_mask_cond_fea"]),
+    }
+
+
 def denoiser_call(fx: Fixture):
     """The recorded denoiser call d: (`call(features, deepest, record) -> (2, F, h, w, 4)`, the
     ReferenceNet features). `deepest` (None: unchanged) is added to the deepest level's state, the
@@ -169,11 +179,7 @@ def denoiser_call(fx: Fixture):
     features = jax.jit(lambda s, c: encode_reference(model, params, s, c))(
         stack, io["d_encoder_hidden_states"]
     )
-    conds = {
-        "context": io["d_encoder_hidden_states"],
-        "audio": io["d_audio_embedding"],
-        "residual": video_in(io["d_mask_cond_fea"]),
-    }
+    conds = d_conditions(io)
     levels = masks(io, "d", len(cfg.unet.block_out_channels))
 
     def call(features: dict, deepest=None, record: dict | None = None) -> jax.Array:
@@ -220,6 +226,36 @@ def test_denoiser_with_reference_bank(fx):
         ulp = np.spacing(np.abs(bank[:, 0]).astype(np.float16)).astype(np.float32)
         assert np.all(np.abs(got - bank[:, 0]) <= ulp + 1e-6), entry["reader"]
     close(video_out(jax.jit(call)(features)), io["d_noise_pred"], UNET_RTOL)
+
+
+def test_model_attention_reaches_every_attention(fx, monkeypatch):
+    """`model.attention` is what every attention of both UNets runs, the audio modules'
+    included (traced only, nothing compiled)."""
+    chosen = []
+    choose = attention_module.choose
+    monkeypatch.setattr(
+        attention_module, "choose", lambda kind, *a: chosen.append(kind) or choose(kind, *a)
+    )
+    io = {k: jnp.asarray(v) for k, v in fx.io.items()}
+    model = HalloModel(dataclasses.replace(fx.model.config, attention="chunked"))
+    levels = masks(io, "d", len(model.config.unet.block_out_channels))
+
+    def run(params):
+        stack = nchw_to_nhwc(io["d_ref_latents"])
+        features = encode_reference(model, params, stack, io["d_encoder_hidden_states"])
+        latents = video_in(io["d_latent_model_input"])
+        return model.apply(
+            {"params": params},
+            latents,
+            io["d_timestep"],
+            features,
+            d_conditions(io),
+            levels,
+            io["d_motion_scale"],
+        )
+
+    jax.eval_shape(run, fx.model.params)
+    assert len(chosen) > 10 and set(chosen) == {"chunked"}, sorted(set(chosen))
 
 
 @pytest.mark.slow

@@ -52,10 +52,19 @@ class HalloModel(nn.Module):
         cfg, emo, hallo = self.config, self.config.emo, self.config.hallo
         dtype = DTYPES[cfg.dtype]
         self.reference_unet = UNet2DConditionModel(
-            cfg.unet, write_reference=True, remat=emo.remat, dtype=dtype
+            cfg.unet,
+            write_reference=True,
+            remat=emo.remat,
+            dtype=dtype,
+            attention_impl=cfg.attention,
         )
         self.denoising_unet = UNet2DConditionModel(
-            cfg.unet, temporal=emo.temporal, hallo=hallo, remat=emo.remat, dtype=dtype
+            cfg.unet,
+            temporal=emo.temporal,
+            hallo=hallo,
+            remat=emo.remat,
+            dtype=dtype,
+            attention_impl=cfg.attention,
         )
         self.image_proj = ImageProjection(
             cfg.unet.cross_attention_dim, hallo.face_tokens, dtype=dtype

@@ -203,6 +203,7 @@ class UNetBlock(nn.Module):
             norm_num_groups=self.cfg.norm_num_groups,
             regions=regions,
             dtype=self.dtype,
+            attention_impl=self.attention_impl,
             name=f"audio_modules_{i}",
         )(
             x,

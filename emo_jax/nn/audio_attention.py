@@ -35,12 +35,19 @@ class AudioTransformerBlock(nn.Module):
     dim_head: int
     regions: bool = True
     dtype: Any = jnp.float32
+    attention_impl: str = "xla"  # one of config.ATTENTION
 
     @nn.compact
     def __call__(
         self, x: jax.Array, tokens: jax.Array, masks: tuple | None, scale: jax.Array
     ) -> jax.Array:
-        attn = lambda name: Attention(self.heads, self.dim_head, dtype=self.dtype, name=name)  # noqa: E731
+        attn = lambda name: Attention(  # noqa: E731
+            self.heads,
+            self.dim_head,
+            dtype=self.dtype,
+            name=name,
+            implementation=self.attention_impl,
+        )
         zero_convs = {r: conv(self.dim, 1, self.dtype, f"zero_conv_{r}") for r in REGIONS}
         h = layer_norm(1e-5, self.dtype, "norm1")(x)
         x = attn("attn1")(h) + x
@@ -71,6 +78,7 @@ class AudioModule(nn.Module):
     norm_num_groups: int = 32
     regions: bool = True
     dtype: Any = jnp.float32
+    attention_impl: str = "xla"  # one of config.ATTENTION
 
     @nn.compact
     def __call__(
@@ -81,6 +89,12 @@ class AudioModule(nn.Module):
         h = group_norm(self.norm_num_groups, 1e-6, self.dtype, "norm")(x)
         h = conv(inner, 1, self.dtype, "proj_in")(h).reshape(n, hgt * wdt, inner)  # (N, HW, I)
         h = AudioTransformerBlock(
-            inner, self.heads, self.dim_head, self.regions, self.dtype, name="transformer_blocks_0"
+            inner,
+            self.heads,
+            self.dim_head,
+            self.regions,
+            self.dtype,
+            self.attention_impl,
+            name="transformer_blocks_0",
         )(h, tokens, masks, scale)
         return conv(c, 1, self.dtype, "proj_out")(h.reshape(n, hgt, wdt, inner)) + x
