@@ -43,6 +43,12 @@ OVERRIDES = [
     "parallel.fsdp_min_size=0",
 ]
 MESHES = ((8, 1), (2, 4), (1, 8))
+# The paper's stages: what trains, the data mode, (audio, temporal, speed) switched on.
+STAGES = {
+    1: ({"reference_unet", "denoising_unet", "face_locator"}, "image", (False, False, False)),
+    2: ({"motion_modules", "audio_attention", "audio_proj"}, "video", (True, True, False)),
+    3: ({"motion_modules", "speed_encoder"}, "video", (True, True, True)),
+}
 
 
 def make_corpus(root: Path) -> Path:
