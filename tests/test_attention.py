@@ -200,6 +200,13 @@ def test_auto_choice(monkeypatch):
         assert choose("chunked", 16, 16, dim, dtype) == "chunked"
 
 
+def test_auto_choice_follows_the_mesh():
+    """Under a mesh (`jax.set_mesh`, as generation and training set it) the mesh's platform
+    decides."""
+    with jax.set_mesh(jax.make_mesh((1,), ("data",))):
+        assert choose("auto", 4096, 8192, 40, jnp.bfloat16) == "chunked"  # a CPU mesh
+
+
 def test_config_rejects_unknown_attention():
     with pytest.raises(ConfigError, match="model.attention: 'flash' is not one of"):
         load_config("configs/model/tiny.yaml", ["model.attention=flash"])

@@ -30,7 +30,7 @@ def choose(implementation: str, q_len: int, kv_len: int, head_dim: int, dtype: A
     if q_len * kv_len < SHORT:
         return "xla"
     mesh = jax.sharding.get_abstract_mesh()
-    platform = jax.default_backend() if mesh.empty else mesh.platform
+    platform = jax.default_backend() if mesh.empty else mesh.abstract_device.platform
     if platform == "tpu":
         return "splash"
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
