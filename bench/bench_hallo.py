@@ -173,15 +173,22 @@ def _programs(model_cfg, resolution: int, param_dtype: str) -> tuple[dict, int]:
         lambda m: jax.ShapeDtypeStruct((2 * f, m.shape[1]), m.dtype), masks
     )
 
-    def step(p, x, features, conds, masks, scale):  # HalloFunctions' guided denoise
+    def step(p, x, features, conds, masks, scale, guidance):  # HalloFunctions' guided denoise
         out = model.apply(
             {"params": p}, jnp.concatenate([x, x]), 500, features, conds, masks, scale
         )
-        return out[:1] + fns.scale * (out[1:] - out[:1])
+        return out[:1] + guidance * (out[1:] - out[:1])
 
+    guidance = z()  # the guidance scale: an argument (a new scale does not recompile)
     return {
-        "clip: whole sampling program": (fns.latents, (params, stack, inputs, audio, latents, key)),
-        "one guided step": (jax.jit(step), (params, latents, features, conds, tiled, z(3))),
+        "clip: whole sampling program": (
+            fns.latents,
+            (params, stack, inputs, audio, latents, key, guidance),
+        ),
+        "one guided step": (
+            jax.jit(step),
+            (params, latents, features, conds, tiled, z(3), guidance),
+        ),
         "reference bank + conditions": (jax.jit(bank), (params, inputs, audio, stack)),
         f"VAE decode of {f} frames": (fns.decode, (vae, z(f, side, side, 4))),
     }, fns.num_steps

@@ -27,8 +27,8 @@ QUICK = {
     "bench_train.py": (["all"], r"peak \(compiled step\) +\d"),
     "bench_attention.py": ([], r"attention +forward temp MiB"),
     "bench_hallo.py": (
-        ["all", "--only", "decode"],
-        r"(?s)round trip: bit-exact: True.*\| VAE decode of 16 frames \|",
+        ["all"],
+        r"(?s)round trip: bit-exact: True.*\| one guided step \|.*\| VAE decode of 16 frames \|",
     ),
 }
 WITHOUT_QUICK = {  # script -> why, and what runs it instead
