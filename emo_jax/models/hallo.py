@@ -33,13 +33,13 @@ import jax.numpy as jnp
 
 from emo_jax.config import ModelConfig
 from emo_jax.models.audio_proj import AudioProjection
+from emo_jax.models.emo import compute_dtype
 from emo_jax.models.face_locator import FaceLocator
 from emo_jax.models.image_proj import ImageProjection
 from emo_jax.models.unet import UNet2DConditionModel
 from emo_jax.nn.conditions import Conditions
 from emo_jax.nn.transformer import REFERENCE
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 BANK_DTYPE = jnp.float16  # Hallo's ReferenceAttentionControl.update() casts the bank to it
 
 
@@ -50,7 +50,7 @@ class HalloModel(nn.Module):
 
     def setup(self) -> None:
         cfg, emo, hallo = self.config, self.config.emo, self.config.hallo
-        dtype = DTYPES[cfg.dtype]
+        dtype = compute_dtype(cfg)
         self.reference_unet = UNet2DConditionModel(
             cfg.unet,
             write_reference=True,

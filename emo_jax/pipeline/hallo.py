@@ -330,9 +330,7 @@ class HalloPipeline(EMOPipeline):
 
     def iter_clips(self, job: HalloJob, progress: ProgressFn | None = None) -> Iterator[Clip]:
         """Generates the clips of `job` in order (see the module doc)."""
-        fns = self.functions(job)
-        params = fns.place(self.model.params)
-        emo, vae = params["emo"], params["vae"]
+        fns, emo, vae = self.placed(job)
         f, n = job.clip_frames, job.config.model.emo.n_motion_frames
         clips, total = job.num_clips, job.num_frames
         inputs = jax.tree_util.tree_map(jnp.asarray, job.inputs)
@@ -352,7 +350,7 @@ class HalloPipeline(EMOPipeline):
                 audio = jnp.asarray(job.windows(k))
                 latents = run(emo, stack, inputs, audio, noise, step_key, scale)
                 latents = jax.block_until_ready(latents)
-            video = self._decode_float(fns, vae, latents[0], job.options.decode_chunk)
+            video = self._decode(fns, vae, latents[0], job.options.decode_chunk)
             frames = to_uint8(video)
             yield Clip(
                 k, frames[: min(f, total - k * f)], motion_frames, np.asarray(motion_latents)[None]
@@ -360,22 +358,12 @@ class HalloPipeline(EMOPipeline):
             motion_latents = fns.encode(vae, jnp.asarray(video[-n:]))
             motion_frames = frames[-n:]
 
-    @staticmethod
-    def _decode_float(fns: HalloFunctions, vae: Any, latents: jax.Array, chunk: int) -> np.ndarray:
-        """(F, h, w, C) -> (F, R, R, 3) float32 in [-1, 1], `chunk` frames per call."""
-        f = latents.shape[0]
-        chunk = max(1, min(chunk, f))
-        pad = -f % chunk
-        z = jnp.concatenate([latents, jnp.zeros((pad, *latents.shape[1:]), latents.dtype)])
-        parts = [np.asarray(fns.decode(vae, z[i : i + chunk])) for i in range(0, f + pad, chunk)]
-        return np.concatenate(parts)[:f]
-
     def autoencode(self, job: HalloJob, frames: np.ndarray) -> np.ndarray:
         """(T, R, R, 3) uint8 frames through the autoencoder (encode -> decode)."""
         fns, vae = self.functions(job), self.model.params["vae"]
         x = jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
         latents = jnp.concatenate([fns.encode(vae, x[i : i + 1]) for i in range(len(x))])
-        return to_uint8(self._decode_float(fns, vae, latents, job.options.decode_chunk))
+        return to_uint8(self._decode(fns, vae, latents, job.options.decode_chunk))
 
 
 FAMILIES["hallo"] = HalloPipeline

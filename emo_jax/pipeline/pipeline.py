@@ -317,11 +317,15 @@ class EMOPipeline:
     def functions(self, job: Job) -> VideoFunctions:
         return video_functions(job.config.model, job.config.diffusion, job.mesh)
 
-    def iter_clips(self, job: Job, progress: ProgressFn | None = None) -> Iterator[Clip]:
-        """Generates the clips of `job` in order (see the module doc)."""
+    def placed(self, job: Any) -> tuple[Any, Any, Any]:
+        """The job's functions, and the model's (emo, vae) params placed on its devices."""
         fns = self.functions(job)
         params = fns.place(self.model.params)
-        emo, vae = params["emo"], params["vae"]
+        return fns, params["emo"], params["vae"]
+
+    def iter_clips(self, job: Job, progress: ProgressFn | None = None) -> Iterator[Clip]:
+        """Generates the clips of `job` in order (see the module doc)."""
+        fns, emo, vae = self.placed(job)
         f, n = job.clip_frames, job.config.model.emo.n_motion_frames
         temporal = job.config.model.emo.use_temporal
         clips, total = job.num_clips, job.num_frames
@@ -372,8 +376,9 @@ class EMOPipeline:
         return self._decode(fns, vae, latents, job.options.decode_chunk)
 
     @staticmethod
-    def _decode(fns: VideoFunctions, vae: Any, latents: jax.Array, chunk: int) -> np.ndarray:
-        """(F, h, w, 4) -> (F, R, R, 3) uint8, `chunk` frames per call (last chunk padded)."""
+    def _decode(fns: Any, vae: Any, latents: jax.Array, chunk: int) -> np.ndarray:
+        """(F, h, w, C) -> `fns.decode`'s (F, R, R, 3) frames (EMO: uint8; Hallo: float in
+        [-1, 1]), `chunk` frames per call (last chunk padded)."""
         f = latents.shape[0]
         chunk = max(1, min(chunk, f))
         pad = -f % chunk
