@@ -77,6 +77,8 @@ CASES = [
     (f"{G} --sampler euler", "argument --sampler: invalid choice: 'euler' (choose from 'ddim', 'dpmpp_2m')", 2),
     (f"{G} --face -1", "argument --face: -1: must be at least 0", 2),
     (f"{G} --face nan", "argument --face: 'nan' is not a whole number", 2),
+    (f"{G} --devices 0", "argument --devices: 0: must be at least 1", 2),
+    (f"{G} --devices 64", "devices: 64 asked for, 1 cpu device(s) available", 2),
     (f"{G} --clip-frames 40", "motion frames + clip frames = 42 exceed the temporal modules' positions (model.emo.temporal.motion_max_seq_length = 16)", 2),
     (f"{G} --motion-frames 9", "motion frames n=9 cannot exceed the clip length f=8", 2),
     # generate: outputs

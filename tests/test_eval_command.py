@@ -13,7 +13,7 @@ import pytest
 from emo_jax.cli import build_parser, main
 from emo_jax.commands.generate import sampling_options
 from emo_jax.data import synth
-from emo_jax.eval import evaluate
+from emo_jax.eval import evaluate, summary
 from emo_jax.models.vae import AutoencoderKL, decode_images, encode_images
 from emo_jax.pipeline import EMOPipeline, Options, RandomWeightsWarning
 from emo_jax.pipeline.loading import TINY_CONFIG, resolve_checkpoint
@@ -63,6 +63,14 @@ def test_oracle_reads_the_truth(results):
     assert generated["identity_ssim"] == pytest.approx(1.0)
     assert generated["head_speed_spearman"] >= 0.8
     assert 0.5 < generated["seam_ratio"] < 2.0
+    for key in ("pause_opening", "pause_change"):  # the mouth in pauses: the truth's own
+        assert generated[key] == truth[key]
+        difference = results["paired"]["generated - ground truth"][key]
+        assert difference["difference"] in (0.0, None) and difference["se"] in (0.0, None)
+    # standard errors over the 2 clips: the jackknife's of a mean is |a - b| / 2
+    a, b = (row["generated"]["lip_sync"] for row in results["per_clip"])
+    assert results["standard_errors"]["generated"]["lip_sync"] == pytest.approx(abs(a - b) / 2)
+    assert results["standard_errors"]["generated"]["identity_ssim"] == pytest.approx(0, abs=1e-12)
     json.dumps(results, allow_nan=False)  # plain JSON: no NaN or infinity
 
 
@@ -79,15 +87,39 @@ def test_controls_are_low(results):
 def test_table(results):
     table = evaluate.format_table(results)
     lines = table.splitlines()
-    assert len(lines) == 1 + len(evaluate.TABLE_ROWS)
+    pairs = [keys for *_, keys in summary.PAIRED_WITHIN]
+    assert len(lines) == 1 + len(summary.FIGURES) + len(pairs) + sum(map(len, pairs))
     assert "lip sync (Pearson)" in lines[1] and "ground truth" in lines[0]
     assert lines[1].split()[-1] == "undefined"  # reference repeated: Pearson of a constant
-    psnr = lines[3].split()
-    assert psnr[:3] == ["identity", "PSNR", "(dB)"] and psnr[-4:-2] == ["-", "-"]  # infinite
-    assert [float(v) for v in psnr[-2:]] == [
-        round(results["metrics"][v]["identity_psnr"], 2)
-        for v in ("autoencoded", "reference_repeated")
-    ]
+    psnr = lines[3].split("  ")
+    cells = [c.strip() for c in psnr if c.strip()]
+    assert cells[0] == "identity PSNR (dB)" and cells[1:3] == ["-", "-"]  # infinite
+    for cell, video in zip(cells[3:], ("autoencoded", "reference_repeated")):
+        value, se = (float(v) for v in cell.split(" ± "))
+        assert value == round(results["metrics"][video]["identity_psnr"], 2)
+        assert se == round(results["standard_errors"][video]["identity_psnr"], 2)
+    identity = lines[1 + len(summary.FIGURES) + 1].split()
+    difference = results["paired"]["generated - reference repeated"]["identity_psnr"]
+    assert identity[:3] == ["identity", "PSNR", "(dB)"] and difference["difference"] is None
+
+
+def test_paired_with(tmp_path, results, corpus, capsys):
+    """--paired-with takes only an earlier evaluation of the same clips, before generating."""
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps(results))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**results, "per_clip": results["per_clip"][:1]}))
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"per_clip": [{"name": "x", "generated": {"lip_sync": 0.5}}]}))
+    paths = evaluate.find_clips(corpus)
+    assert evaluate.read_results(earlier, paths, None)["clips"] == 2
+    for path, message in ((other, "results of other clips"), (old, "not the results")):
+        assert main(["evaluate", "--data", str(corpus), "--paired-with", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0] and message in err[0]
+    same = summary.paired(results["per_clip"], "generated", results["per_clip"], "ground_truth",
+                          tuple(results["speed_centers"]))  # fmt: skip
+    assert same["lip_sync"]["difference"] == pytest.approx(0.0)
 
 
 def test_autoencoded_truth_is_the_models_round_trip(results, corpus):

@@ -221,7 +221,10 @@ def test_recipe_file_errors(tmp_path, capsys, text, message):
     assert len(err) == 1 and message in err[0] and str(recipe) in err[0]
 
 
-@pytest.mark.parametrize("recipe", ["configs/default/recipe.yaml", "configs/latent24/recipe.yaml"])
+@pytest.mark.parametrize(
+    "recipe",
+    ["configs/default/recipe.yaml", "configs/latent24/recipe.yaml", "configs/v2/recipe.yaml"],
+)
 def test_recipes_list_every_stage_on_their_own_data(recipe):
     from emo_jax.commands.recipe import load_recipe
 

@@ -16,6 +16,7 @@ from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 from emo_jax.checkpoint.manager import Checkpoints
 from emo_jax.cli import main
 from emo_jax.config import ClipSpec, ConfigError, ParallelConfig, clip_spec, load_config
+from emo_jax.errors import InputError
 from emo_jax.models.emo import EMOModel, abstract_params
 from emo_jax.models.inventory import component_of, emo_counts
 from emo_jax.parallel.mesh import axis_sizes, make_mesh
@@ -181,6 +182,24 @@ def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
     ckpts.wait()
     assert ckpts.all_steps() == [2, 4, 5]
     assert Checkpoints(tmp_path).restore_numpy()["x"].tolist() == [5, 5, 5]
+
+
+def test_checkpoint_of_another_config_is_refused_by_name(tmp_path):
+    """Resuming a run folder with a changed model config: one line naming the array."""
+    ckpts = Checkpoints(tmp_path, keep_best=False)
+    state = {"params": {"conv": {"kernel": np.ones((3, 3, 4, 8), np.float32)}}}
+    ckpts.save(1, {"state": state}, _NoData())
+    ckpts.wait()
+    wider = {
+        "state": {"params": {"conv": {"kernel": jax.ShapeDtypeStruct((3, 3, 4, 16), np.float32)}}}
+    }
+    with pytest.raises(InputError, match=r"1: saved with another model config \(state.params.conv."
+                       r"kernel is \(3, 3, 4, 8\) there, \(3, 3, 4, 16\) now\)"):  # fmt: skip
+        ckpts.restore(1, wider)
+    same = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), {"state": state}
+    )
+    assert ckpts.restore(1, same)["state"]["params"]["conv"]["kernel"].shape == (3, 3, 4, 8)
 
 
 def test_step_seconds_span_resumed_runs_and_skip_each_first_step(tmp_path):

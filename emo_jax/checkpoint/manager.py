@@ -23,6 +23,12 @@ from emo_jax.errors import InputError
 BEST_METRIC = "loss"  # lower is better (an evaluation loss, or the recent training loss)
 
 
+def _names(path: tuple) -> tuple[str, ...]:
+    """A pytree key path as names: a dataclass field and a dict key of one name are alike
+    (the saved tree holds dicts where the state has dataclasses)."""
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 class IteratorSnapshot:
     """A data iterator's state captured at save time (the save itself may finish later)."""
 
@@ -80,6 +86,7 @@ class Checkpoints:
     def restore(self, step: int, abstract_state: Any, iterator: Any | None = None) -> Any:
         """The state at `step` (shaped and sharded like `abstract_state`); `iterator`, if given,
         is set to the position it had when that step was saved."""
+        self.check_shapes(step, abstract_state)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(iterator)
@@ -93,6 +100,22 @@ class Checkpoints:
                 ) from None
             raise
         return restored["state"]
+
+    def check_shapes(self, step: int, abstract_state: Any) -> None:
+        """InputError naming the first array whose saved shape differs from `abstract_state`'s
+        (a run folder resumed with another model config)."""
+        saved = self.manager.item_metadata(step)["state"]
+        saved = getattr(saved, "tree", saved)
+        flat_saved = {_names(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
+        for path, want in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+            have = flat_saved.get(_names(path))
+            if have is not None and tuple(have.shape) != tuple(want.shape):
+                raise InputError(
+                    f"{self.directory}/{step}: saved with another model config "
+                    f"({'.'.join(_names(path))} is {tuple(have.shape)} there, "
+                    f"{tuple(want.shape)} now); resume with the config it was saved with, or "
+                    "train into a new train.out_dir"
+                )
 
     def restore_numpy(self, step: int | None = None) -> Any:
         """The saved state tree as host numpy arrays (latest step by default), e.g. the params

@@ -26,7 +26,14 @@ reference image repeated (a control that cannot follow the audio). Metrics
 - head speed: frames pooled over clips into buckets of requested speed (the model's speed
   centres); Spearman of the bucket centres with the mean measured speed (`faces.pose.FlowPose`);
 - seams: mean frame-to-frame change into the first frame of each generated clip (f, 2f, ...)
-  over the mean change within clips, pooled over clips (1: seamless).
+  over the mean change within clips, pooled over clips (1: seamless);
+- the mouth in pauses: in the audio's pauses of `metrics.MIN_PAUSE` s or longer, the mean
+  mouth measure (pause opening) and the mouth region's frame-to-frame change over its change
+  during speech (pause change), pooled over clips: a resting mouth reads as the truth's.
+
+Each figure has a standard error over clips, and the evaluation reports paired differences:
+identity against the reference repeated, the mouth in pauses against the ground truth
+(`emo_jax.eval.summary`).
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import numpy as np
 from emo_jax.audio.io import load_audio
 from emo_jax.data.video import iter_frames
 from emo_jax.errors import InputError
-from emo_jax.eval import metrics
+from emo_jax.eval import metrics, summary
 from emo_jax.eval.mouth import from_haar, mouth_opening, to_haar, track_faces
 from emo_jax.files import read_json
 from emo_jax.pipeline.inputs import FACE_EXPAND, box_mask
@@ -145,13 +152,15 @@ class Reading:
 
     opening: np.ndarray  # (T,) mouth measure
     speed: np.ndarray  # (T,) head speed, degrees per frame
+    boxes: np.ndarray  # (T, 4) tracked face boxes, corpus convention
 
 
 def read_video(frames: np.ndarray, fallback_box: np.ndarray) -> Reading:
     """Faces tracked by the cascade (`fallback_box`, cascade convention, if none is found), the
     mouth measure and the head speed."""
     boxes = track_faces(frames, fallback_box)
-    return Reading(mouth_opening(frames, from_haar(boxes)), metrics.head_speeds(frames, boxes))
+    faces = from_haar(boxes)
+    return Reading(mouth_opening(frames, faces), metrics.head_speeds(frames, boxes), faces)
 
 
 def generate_clip(pipe: Any, clip: TruthClip, options: dict) -> tuple:
@@ -175,17 +184,54 @@ def generate_clip(pipe: Any, clip: TruthClip, options: dict) -> tuple:
     return job, generated[:n], truth, boxes, seconds
 
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
+def read_results(path: Path, paths: list[Path], seconds: float | None) -> dict:
+    """An earlier evaluation's results (`evaluate`, written by `emo-jax evaluate --out`), checked
+    to be of the clips `paths` cut to `seconds`, for paired figures."""
+    results = read_json(path)
+    rows = results.get("per_clip")
+    if not isinstance(rows, list) or not all("pauses" in r.get("generated", {}) for r in rows):
+        raise InputError(f"{path}: not the results of this emo-jax evaluate (no per-clip rows)")
+    names = [r.get("name") for r in rows]
+    if names != [p.stem for p in paths] or results.get("seconds_per_clip") != seconds:
+        raise InputError(
+            f"{path}: results of other clips ({len(names)} clips, {names[0] if names else '-'}"
+            f"...; --seconds {results.get('seconds_per_clip')}): pair only the same clips"
+        )
+    return results
 
 
-def _correlation_mean(values: list[float]) -> float:
-    """Mean over clips of a correlation: an undefined clip (NaN: a constant series) counts 0;
-    NaN when every clip's is undefined."""
-    if all(math.isnan(v) for v in values):
-        return math.nan
-    return float(np.mean([0.0 if math.isnan(v) else v for v in values]))
+def _pooled(values: np.ndarray) -> list[float]:
+    """[sum, count] of values: what a pooled mean over clips adds up."""
+    return [float(np.sum(values)), int(len(values))]
+
+
+def measure_video(
+    frames: np.ndarray,
+    reading: Reading,
+    clip: TruthClip,
+    requested: np.ndarray,
+    clip_frames: int,
+    pauses: np.ndarray,
+    centers: tuple[float, ...],
+) -> dict[str, Any]:
+    """One video's row of a clip: its lip sync, and what its pooled figures add up (head speed
+    per requested-speed bucket, seam changes, the mouth in and out of the audio's pauses)."""
+    n = len(frames)
+    sums, counts = metrics.bucket_sums(requested[:n], reading.speed, centers)
+    boundary, within = metrics.seam_changes(frames, clip_frames)
+    changes = metrics.mouth_changes(frames, reading.boxes)  # changes[t - 1]: frame t-1 -> t
+    in_pause = pauses[1:n] & pauses[: n - 1]
+    in_speech = ~pauses[1:n] & ~pauses[: n - 1]
+    return {
+        "lip_sync": metrics.pearson(reading.opening, clip.opening[:n]),
+        "speed": {"sums": sums.tolist(), "frames": counts.tolist()},
+        "seams": {"boundary": _pooled(boundary), "within": _pooled(within)},
+        "pauses": {
+            "opening": _pooled(reading.opening[pauses[:n]]),
+            "pause_change": _pooled(changes[in_pause]),
+            "speech_change": _pooled(changes[in_speech]),
+        },
+    }
 
 
 def evaluate(
@@ -196,14 +242,14 @@ def evaluate(
     on_clip: Callable[[int, int, str], None] | None = None,
 ) -> dict:
     """Generates and measures every clip of `paths` (see the module doc); returns the results
-    (JSON-able: NaN and infinity become None)."""
+    (JSON-able: NaN and infinity become None): per clip, each video's row
+    (`measure_video`), and the figures of each video (`summary.figures`) with their
+    standard errors and the paired differences `summary.PAIRED_WITHIN`."""
     options = dict(options or {})
     start = time.perf_counter()
     generation = 0.0
-    per_clip, openings = [], []
-    readings: dict[str, list[Reading]] = {v: [] for v in VIDEOS}
-    requested: dict[str, list[np.ndarray]] = {v: [] for v in VIDEOS}
-    seams: dict[str, tuple[list, list]] = {v: ([], []) for v in VIDEOS}
+    per_clip, openings, readings = [], [], []
+    centers = pipe.config.model.emo.speed_centers
     clip_frames = None
     for i, path in enumerate(paths):
         clip = load_clip(path, seconds)
@@ -214,6 +260,7 @@ def evaluate(
         n = len(generated)
         resolution, clip_frames = generated.shape[1], job.clip_frames
         fallback = to_haar(boxes[0])
+        pauses = metrics.pause_frames(clip.wave, clip.sample_rate, clip.fps, n)
         videos = {
             "generated": generated[:n],
             "ground_truth": truth,
@@ -224,45 +271,27 @@ def evaluate(
             "name": clip.name,
             "split": clip.split,
             "frames": n,
+            "pause_frames": int(pauses.sum()),
             "generation_seconds": seconds_generating,
         }
+        readings.append({})
         for video, frames in videos.items():
-            reading = read_video(frames, fallback)
-            readings[video].append(reading)
+            reading = readings[-1][video] = read_video(frames, fallback)
             truth_motion = video in ("ground_truth", "autoencoded")
-            requested[video].append(clip.speed[:n] if truth_motion else job.speed[:n])
-            boundary, within = metrics.seam_changes(frames, job.clip_frames)
-            seams[video][0].append(boundary)
-            seams[video][1].append(within)
-            row[video] = {"lip_sync": metrics.pearson(reading.opening, clip.opening[:n])}
+            requested = clip.speed if truth_motion else job.speed
+            row[video] = measure_video(
+                frames, reading, clip, requested, clip_frames, pauses, centers
+            )
             if video != "ground_truth":
                 row[video].update(metrics.identity(frames, truth, boxes))
         openings.append(clip.opening[:n])
         per_clip.append(row)
-    centers = pipe.config.model.emo.speed_centers
-    summary: dict[str, dict] = {}
-    for video in VIDEOS:
-        own = [row[video]["lip_sync"] for row in per_clip]
-        shuffled = [
-            metrics.pearson(r.opening[: len(o)], o[: len(r.opening)])
-            for r, o in zip(readings[video], openings[1:] + openings[:1])
-        ]
-        speeds = metrics.speed_buckets(
-            np.concatenate(requested[video]),
-            np.concatenate([r.speed for r in readings[video]]),
-            centers,
-        )
-        summary[video] = {
-            "lip_sync": _correlation_mean(own),
-            "lip_sync_shuffled": _correlation_mean(shuffled) if len(paths) > 1 else math.nan,
-            "identity_psnr": _mean([row[video].get("psnr", math.nan) for row in per_clip]),
-            "identity_ssim": _mean([row[video].get("ssim", math.nan) for row in per_clip]),
-            "head_speed_spearman": speeds["spearman"],
-            "head_speed_buckets": speeds["buckets"],
-            "seam_ratio": metrics.seam_ratio(
-                np.concatenate(seams[video][0]), np.concatenate(seams[video][1])
-            ),
-        }
+    for row, reading, other in zip(per_clip, readings, openings[1:] + openings[:1]):
+        for video in VIDEOS:  # against the next clip's true opening (cyclically)
+            mine = reading[video].opening
+            shuffled = metrics.pearson(mine[: len(other)], other[: len(mine)])
+            row[video]["lip_sync_shuffled"] = shuffled if len(paths) > 1 else math.nan
+    rows = _jsonable(per_clip)  # the figures are computed as a later comparison reads them
     return _jsonable(
         {
             "clips": len(per_clip),
@@ -270,9 +299,15 @@ def evaluate(
             "seconds_per_clip": seconds,
             "resolution": int(resolution),
             "clip_frames": int(clip_frames),
+            "speed_centers": list(centers),
             "options": options,
-            "metrics": summary,
-            "per_clip": per_clip,
+            "metrics": {v: summary.figures([r[v] for r in rows], centers) for v in VIDEOS},
+            "standard_errors": {v: summary.standard_errors(rows, v, centers) for v in VIDEOS},
+            "paired": {
+                what: summary.paired(rows, video, rows, other, centers)
+                for what, video, other, _ in summary.PAIRED_WITHIN
+            },
+            "per_clip": rows,
             "generation_seconds": generation,
             "total_seconds": time.perf_counter() - start,
         }
@@ -291,25 +326,14 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-TABLE_ROWS = (  # (label, metric key, format, what None reads as)
-    ("lip sync (Pearson)", "lip_sync", "{:.3f}", "undefined"),
-    ("lip sync, shuffled audio", "lip_sync_shuffled", "{:.3f}", "undefined"),
-    ("identity PSNR (dB)", "identity_psnr", "{:.2f}", "-"),  # None: infinite (equal frames)
-    ("identity SSIM", "identity_ssim", "{:.3f}", "-"),
-    ("head speed (Spearman)", "head_speed_spearman", "{:.3f}", "undefined"),
-    ("seams (boundary / within)", "seam_ratio", "{:.3f}", "undefined"),
-)
+HEADS = ("generated", "ground truth", "GT autoencoded", "reference repeated")
 
 
 def format_table(results: dict) -> str:
-    """The results as a plain-text table: metrics x the four videos (`VIDEOS`)."""
-    heads = ("generated", "ground truth", "GT autoencoded", "reference repeated")
-    width = max(len(row[0]) for row in TABLE_ROWS)
-    lines = [f"{'':{width}}  " + "  ".join(f"{h:>18}" for h in heads)]
-    for label, key, fmt, missing in TABLE_ROWS:
-        cells = []
-        for video in VIDEOS:
-            value = results["metrics"][video].get(key)
-            cells.append(f"{missing if value is None else fmt.format(value):>18}")
-        lines.append(f"{label:{width}}  " + "  ".join(cells))
-    return "\n".join(lines)
+    """The results as plain text: the figures x the four videos (`VIDEOS`), "value ± SE", and
+    the paired differences within the evaluation (`summary.PAIRED_WITHIN`)."""
+    parts = [summary.format_table(results, VIDEOS, HEADS)]
+    for what, _, _, keys in summary.PAIRED_WITHIN:
+        pairs = results.get("paired", {}).get(what, {})
+        parts.append(summary.format_paired(what, {k: pairs[k] for k in keys if k in pairs}))
+    return "\n".join(parts)

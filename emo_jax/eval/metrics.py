@@ -1,4 +1,5 @@
-"""Evaluation metrics on frames with known truth: lip sync, identity, head speed, seams.
+"""Evaluation metrics on frames with known truth: lip sync, identity, head speed, seams,
+the mouth in pauses.
 
 Each takes plain arrays, so it can be checked on ground truth and constructed cases; the
 evaluation (`emo_jax.eval.evaluate`) applies them to generated videos.
@@ -16,6 +17,8 @@ from emo_jax.faces.pose import POSE_ESTIMATORS, speeds_from_omegas
 
 MIN_BUCKET_FRAMES = 10  # a speed bucket counts with at least this many frames
 SPEED_RESOLUTION = 1e-3  # degrees per frame: smaller differences are not motion
+SILENCE_DB = -35.0  # a frame this far below the clip's loudest is silent (espeak: -46 dB)
+MIN_PAUSE = 0.3  # seconds: shorter silences (stops, breaths) are not pauses
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,19 +61,37 @@ def head_speeds(frames: np.ndarray, boxes: np.ndarray, estimator: str = "flow") 
     return speeds_from_omegas(omegas)
 
 
+def bucket_sums(
+    requested: np.ndarray, measured: np.ndarray, centers: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per requested-speed bucket (frames go to the nearest centre): the sum of the measured
+    speeds and the frame count, (len(centers),) each; sums of clips pool their frames."""
+    centers_arr = np.asarray(centers, np.float64)
+    nearest = np.abs(np.asarray(requested)[:, None] - centers_arr[None]).argmin(axis=1)
+    k = len(centers_arr)
+    return (
+        np.bincount(nearest, weights=np.asarray(measured, np.float64), minlength=k),
+        np.bincount(nearest, minlength=k),
+    )
+
+
 def speed_buckets(
     requested: np.ndarray, measured: np.ndarray, centers: tuple[float, ...]
 ) -> dict[str, float | list]:
-    """Measured speed per requested-speed bucket (frames go to the nearest centre; buckets with
-    fewer than MIN_BUCKET_FRAMES frames are dropped) and the Spearman correlation of the
-    buckets' centres with their mean measured speed, rounded to SPEED_RESOLUTION (a still head
-    reads as constant: undefined, NaN)."""
-    centers_arr = np.asarray(centers, np.float64)
-    nearest = np.abs(np.asarray(requested)[:, None] - centers_arr[None]).argmin(axis=1)
+    """Measured speed per requested-speed bucket and their Spearman (`buckets_spearman`)."""
+    return buckets_spearman(*bucket_sums(requested, measured, centers), centers)
+
+
+def buckets_spearman(
+    sums: np.ndarray, counts: np.ndarray, centers: tuple[float, ...]
+) -> dict[str, float | list]:
+    """The mean measured speed of each bucket (`bucket_sums`; buckets with fewer than
+    MIN_BUCKET_FRAMES frames are dropped) and the Spearman correlation of the buckets' centres
+    with it, rounded to SPEED_RESOLUTION (a still head reads as constant: undefined, NaN)."""
     rows = [
-        (float(centers_arr[b]), float(np.mean(measured[nearest == b])), int((nearest == b).sum()))
-        for b in range(len(centers_arr))
-        if (nearest == b).sum() >= MIN_BUCKET_FRAMES
+        (float(c), float(s / n), int(n))
+        for c, s, n in zip(centers, sums, counts)
+        if n >= MIN_BUCKET_FRAMES
     ]
     return {
         "spearman": spearman(
@@ -136,3 +157,36 @@ def seam_ratio(boundary: np.ndarray, within: np.ndarray) -> float:
     if len(boundary) == 0 or len(within) == 0 or within.mean() <= 1e-9:
         return math.nan
     return float(boundary.mean() / within.mean())
+
+
+def pause_frames(
+    wave: np.ndarray, sample_rate: int, fps: int, n: int, min_seconds: float = MIN_PAUSE
+) -> np.ndarray:
+    """bool (n,): the video frames inside the audio's pauses, runs of at least `min_seconds` of
+    frames whose level is SILENCE_DB or more below the clip's loudest frame."""
+    hop = sample_rate // fps
+    wave = np.pad(np.asarray(wave, np.float64)[: n * hop], (0, max(0, n * hop - len(wave))))
+    rms = np.sqrt((wave.reshape(n, hop) ** 2).mean(axis=1)) + 1e-12
+    quiet = 20 * np.log10(rms / rms.max()) < SILENCE_DB
+    out = np.zeros(n, bool)
+    start = None
+    for t, q in enumerate(np.append(quiet, False)):
+        if q and start is None:
+            start = t
+        elif not q and start is not None:
+            if t - start >= math.ceil(min_seconds * fps - 1e-9):
+                out[start:t] = True
+            start = None
+    return out
+
+
+def mouth_changes(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Mean absolute change (T-1,) of the lower-face (mouth) region from each frame to the next,
+    in 0-255 levels; the region is frame t's (boxes (T, 4), corpus convention)."""
+    height, width = frames.shape[1:3]
+    out = np.zeros(max(len(frames) - 1, 0))
+    for t in range(1, len(frames)):
+        x0, y0, x1, y1 = lower_face(boxes[t], height, width)
+        a, b = frames[t - 1, y0:y1, x0:x1], frames[t, y0:y1, x0:x1]
+        out[t - 1] = np.abs(a.astype(np.float32) - b.astype(np.float32)).mean()
+    return out
