@@ -30,6 +30,11 @@ QUICK = {
         ["all"],
         r"(?s)round trip: bit-exact: True.*\| one guided step \|.*\| VAE decode of 16 frames \|",
     ),
+    "bench_twin.py": (
+        [],
+        r"(?s)\| emo_jax \(jit\) \| [\d.]+ \|.*\| torch twin \| [\d.]+ \|.*"
+        r"torch / emo_jax: [\d.]+x.*agree: True",
+    ),
 }
 WITHOUT_QUICK = {  # script -> why, and what runs it instead
     "bench_recipe.py": "reads a finished recipe run: test_recipe_table_of_a_finished_run",
