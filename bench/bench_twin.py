@@ -180,11 +180,14 @@ def main() -> None:
     parser.add_argument("--frames", type=int, help="target frames (default: the config's)")
     parser.add_argument("--motion", type=int, help="motion frames (default: the config's)")
     parser.add_argument("--runs", type=int, default=1, help="timed calls after the warm-up")
+    parser.add_argument("--attention", help="model.attention for emo_jax (default: the config's)")
     parser.add_argument("--quick", action="store_true", help="the tiny config, 8x8 latents")
     args = parser.parse_args()
     if args.quick:
         args.config, args.size, args.frames, args.motion = TINY, 8, 4, 2
-    config = load_config(str(args.config))
+    config = load_config(
+        str(args.config), [f"model.attention={args.attention}"] if args.attention else []
+    )
     emo = config.model.emo
     frames = args.frames or emo.n_frames
     motion = emo.n_motion_frames if args.motion is None else args.motion
