@@ -151,12 +151,18 @@ def seam_changes(frames: np.ndarray, clip_frames: int) -> tuple[np.ndarray, np.n
     return changes[seam], changes[~seam]
 
 
+def ratio_of_means(top: tuple[float, int], bottom: tuple[float, int]) -> float:
+    """Mean over mean of two (sum, count) pairs; NaN if either is empty or the bottom mean is
+    (near) 0, a video that does not move."""
+    if top[1] == 0 or bottom[1] == 0 or bottom[0] <= 1e-9 * bottom[1]:
+        return math.nan
+    return float((top[0] / top[1]) / (bottom[0] / bottom[1]))
+
+
 def seam_ratio(boundary: np.ndarray, within: np.ndarray) -> float:
     """Mean change across boundaries / mean change within clips (1: seamless); NaN if either is
     missing or the video does not move."""
-    if len(boundary) == 0 or len(within) == 0 or within.mean() <= 1e-9:
-        return math.nan
-    return float(boundary.mean() / within.mean())
+    return ratio_of_means((boundary.sum(), len(boundary)), (within.sum(), len(within)))
 
 
 def pause_frames(

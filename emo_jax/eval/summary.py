@@ -55,11 +55,10 @@ def correlation_mean(values: list[float]) -> float:
 
 def _ratio(rows: list[dict], part: str, top: str, bottom: str) -> float:
     """Pooled mean of `top` over pooled mean of `bottom` ([sum, count] pairs in row[part])."""
-    num = np.sum([r[part][top] for r in rows], axis=0)
-    den = np.sum([r[part][bottom] for r in rows], axis=0)
-    if num[1] == 0 or den[1] == 0 or den[0] <= 1e-9 * den[1]:
-        return math.nan
-    return float((num[0] / num[1]) / (den[0] / den[1]))
+    return metrics.ratio_of_means(
+        np.sum([r[part][top] for r in rows], axis=0),
+        np.sum([r[part][bottom] for r in rows], axis=0),
+    )
 
 
 def figures(rows: list[dict], centers: tuple[float, ...]) -> dict[str, Any]:
