@@ -44,7 +44,7 @@ def _assert_close(got: dict, want: dict, moved_from: dict | None = None, rtol: f
     assert worst < rtol, worst
 
 
-def test_reference_run_writes_checkpoints_sample_bundle_and_logs(reference):
+def test_reference_run_writes_checkpoints_sample_bundle_and_logs(corpus, reference):
     assert Checkpoints(reference / "checkpoints").all_steps() == [2, 4, 6]
     rows = ts.metrics(reference)
     assert sorted(rows) == list(range(1, 7)) and all(r["ok"] == 1.0 for r in rows.values())
@@ -57,7 +57,9 @@ def test_reference_run_writes_checkpoints_sample_bundle_and_logs(reference):
         assert len(c.streams.audio) == 1
     evals = [json.loads(line) for line in (reference / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 2, 4, 6] and evals[-1]["loss"] < evals[0]["loss"]
-    assert (reference / "bundle" / "config.yaml").is_file()
+    # the bundle names the face back end the corpus was cut with, not the config's "auto"
+    cut_with = json.loads((corpus / "manifest.json").read_text())["settings"]["detector"]
+    assert load_config(reference / "bundle" / "config.yaml").data.detector == cut_with != "auto"
     assert list((reference / "tb").glob("events.out.tfevents.*"))
 
 

@@ -34,6 +34,7 @@ class Corpus:
     resolution: int
     samples_per_frame: int
     audio_features: dict | None  # the `audio_spec` of the stored features (None: none stored)
+    detector: str | None  # the face back end the crops were cut around (None: not recorded)
 
     @classmethod
     def load(cls, root: str | Path) -> Corpus:
@@ -47,6 +48,7 @@ class Corpus:
             resolution = int(manifest["settings"]["resolution"])
             spf = int(manifest["samples_per_frame"])
             audio = manifest.get("audio_features")
+            detector = manifest["settings"].get("detector")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise InputError(f"{path}: not a valid emo_jax manifest") from None
         if not videos:
@@ -61,6 +63,7 @@ class Corpus:
             resolution=resolution,
             samples_per_frame=spf,
             audio_features=audio,
+            detector=detector,
         )
 
     def check_audio(self, cfg: AudioConfig) -> None:

@@ -10,6 +10,7 @@ import jax
 
 from emo_jax.checkpoint.bundle import save_bundle
 from emo_jax.config import Config
+from emo_jax.data.source import Corpus
 from emo_jax.parallel.mesh import make_mesh
 from emo_jax.train.data import check_corpora
 from emo_jax.train.loop import Stage, run
@@ -44,7 +45,10 @@ def train(cfg: Config, progress: bool = True) -> dict:
             return {}
         final = merge(state.ema or state.params, frozen)
         model = dataclasses.replace(cfg.model, vae=setup.vae.config)
-        saved = dataclasses.replace(cfg, model=model)
+        # a model is cut as its training data was: the bundle names the corpus's face back end
+        detector = Corpus.load(cfg.data.shards).detector or cfg.data.detector
+        data = dataclasses.replace(cfg.data, detector=detector)
+        saved = dataclasses.replace(cfg, model=model, data=data)
         save_bundle(out / "bundle", saved, {"emo": final, "vae": vae_params}, overwrite=True)
         say(f"model bundle: {out / 'bundle'}")
         return {}
