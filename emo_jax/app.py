@@ -41,10 +41,11 @@ def _resolution_step(pipe: EMOPipeline, default: int) -> int:
 
 
 def _friendly(message: str, uploads: dict[str, str]) -> str:
-    """The message with each uploaded file's temporary path replaced by its label and name."""
+    """The message in the page's words: each uploaded file's temporary path replaced by its
+    label and name, the command line's options by the page's fields."""
     for path, label in uploads.items():
         message = message.replace(path, f"{label} '{Path(path).name}'")
-    return message
+    return message.replace("--face", "Face").replace("--mask FILE / mask=...", "a Mask under Face")
 
 
 def _header(pipe: EMOPipeline) -> str:
@@ -85,6 +86,7 @@ def make_generate(pipe: EMOPipeline, out_dir: Path) -> Callable[..., tuple[str, 
         clip_frames: float,
         resolution: float,
         mask: str | None = None,
+        face: float | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio finds it by its default)
     ) -> tuple[str, str]:
         nonlocal count
@@ -120,6 +122,7 @@ def make_generate(pipe: EMOPipeline, out_dir: Path) -> Callable[..., tuple[str, 
                 clip_frames=int(clip_frames),
                 resolution=int(resolution),
                 mask=mask,
+                face=None if face is None else int(face),
             )
             progress(0, desc=f"clip 1/{job.num_clips}: starting (may compile the model)")
             result = pipe.generate(job, out, return_frames=False, progress=on_step)
@@ -142,7 +145,7 @@ def make_generate(pipe: EMOPipeline, out_dir: Path) -> Callable[..., tuple[str, 
 def build_app(pipe: EMOPipeline, out_dir: Path) -> gr.Blocks:
     """The page: the inputs, the Generate button and the options on the left, the video on the
     right. Element ids: portrait, audio, generate, video, summary, steps, sampler, guidance,
-    audio-guidance, speed, seed, clip-frames, resolution, mask."""
+    audio-guidance, speed, seed, clip-frames, resolution, mask, face."""
     cfg = pipe.config
     emo, diffusion = cfg.model.emo, cfg.diffusion
     default_side = pipe.resolution(Options())
@@ -241,7 +244,16 @@ def build_app(pipe: EMOPipeline, out_dir: Path) -> gr.Blocks:
                             elem_id="resolution",
                             info="The side of the square video.",
                         )
-                with gr.Accordion("Face-region mask (optional)", open=False):
+                with gr.Accordion("Face (optional)", open=False):
+                    face = gr.Number(
+                        None,
+                        precision=0,
+                        minimum=0,
+                        label="Face",
+                        info="With several faces in the portrait: 0 the largest, 1 the next, "
+                        "...; empty: the largest.",
+                        elem_id="face",
+                    )
                     mask = gr.Image(
                         sources=["upload"],
                         label="Mask",
@@ -257,7 +269,7 @@ def build_app(pipe: EMOPipeline, out_dir: Path) -> gr.Blocks:
         options = [steps, sampler, guidance, audio_guidance, speed, seed, clip_frames, resolution]
         run.click(
             make_generate(pipe, out_dir),
-            [image, audio, *options, mask],
+            [image, audio, *options, mask, face],
             [video, summary],
             api_name=API_NAME,
             concurrency_limit=1,

@@ -28,9 +28,11 @@ pytest.importorskip("gradio", reason="the app extra is not installed (pip instal
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from emo_jax.app import API_NAME, launch, make_generate  # noqa: E402
+from emo_jax.app import API_NAME, _friendly, launch, make_generate  # noqa: E402
 from emo_jax.cli import build_parser  # noqa: E402
+from emo_jax.faces.detect import dlib_available  # noqa: E402
 from emo_jax.pipeline import EMOPipeline, RandomWeightsWarning  # noqa: E402
+from emo_jax.pipeline.inputs import prepare_reference  # noqa: E402
 from emo_jax.pipeline.loading import TINY_CONFIG  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +136,17 @@ def client(url):
         return Client(url, verbose=False, analytics_enabled=False)
 
 
+def _two_faces() -> np.ndarray:
+    """The astronaut twice, the second smaller and mirrored, side by side."""
+    import cv2
+    from skimage import data
+
+    face = data.astronaut()[:320, 60:380]
+    canvas = np.full((320, 640, 3), 200, np.uint8)
+    canvas[:, :320], canvas[40:280, 380:620] = face, cv2.resize(face[:, ::-1], (240, 240))
+    return canvas
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     """A 1 s sentence (the shipped one, cut), an audio file that is text, a faceless image."""
@@ -142,6 +155,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     soundfile.write(folder / "speech_1s.wav", wave[:rate], rate)
     (folder / "broken.wav").write_text("hello, I am not audio\n")
     Image.new("RGB", (96, 96), (128, 128, 128)).save(folder / "blank.png")
+    Image.fromarray(_two_faces()).save(folder / "two_faces.png")
     return {p.stem: p for p in folder.iterdir()}
 
 
@@ -179,6 +193,7 @@ def test_generate_through_the_api(client, files, pipe):
             seed,
             *OPTIONS[6:],
             None,
+            None,
             api_name=f"/{API_NAME}",
         )
         for seed in (0, 1)
@@ -203,8 +218,34 @@ def test_bad_input_is_a_message(client, files, image, audio, message):
     image = handle_file(str(PORTRAIT if image == "portrait" else files[image]))
     audio = None if audio is None else handle_file(str(files[audio]))
     with pytest.raises(AppError) as error:
-        client.predict(image, audio, *OPTIONS, None, api_name=f"/{API_NAME}")
+        client.predict(image, audio, *OPTIONS, None, None, api_name=f"/{API_NAME}")
     assert str(error.value).startswith(message)
+
+
+@pytest.mark.skipif(not dlib_available(), reason="pip install 'emo-jax[faces]' (dlib-bin)")
+def test_face_field_picks_one_of_several_faces(client, files, pipe, monkeypatch):
+    """Face 1 is the second face (the same crop as the pipeline's `face=1`); a number with no
+    face is a message in the page's words; so is the notice of several faces."""
+    image, audio = handle_file(str(files["two_faces"])), handle_file(str(files["speech_1s"]))
+    with pytest.raises(AppError) as error:
+        client.predict(image, audio, *OPTIONS, None, 2, api_name=f"/{API_NAME}")
+    assert "Face 2: 2 face(s) found, numbered 0 to 1" in str(error.value)
+    assert "--face" not in str(error.value)
+
+    jobs, prepare = [], pipe.prepare
+
+    def recorded(*args, **kw):
+        jobs.append(prepare(*args, **kw))
+        return jobs[-1]
+
+    monkeypatch.setattr(pipe, "prepare", recorded)
+    _, summary = client.predict(image, audio, *OPTIONS, None, 1, api_name=f"/{API_NAME}")
+    second = prepare_reference(files["two_faces"], 64, detector="dlib", face=1)
+    largest = prepare_reference(files["two_faces"], 64, detector="dlib")
+    assert [job.reference.crop for job in jobs] == [second.crop] != [largest.crop]
+    assert "faces found" not in summary
+    notice = _friendly(largest.notice, {str(files["two_faces"]): "portrait"})
+    assert notice.startswith("portrait 'two_faces.png': 2 faces found; using the largest (Face 0)")
 
 
 def test_progress_over_clips_and_steps(pipe, files, tmp_path):
