@@ -7,8 +7,12 @@ layer     one reference-attention layer at 512x512 sizes: 16 frames, 4096 querie
           (training), in float32 and bfloat16
 generate  the tiny model's sampling loop for one clip (two guidance passes) at a resolution
           whose first attention level is long: the compiled program's peak
+speed     the attention alone at that layer's sizes (2 frames), float32, against torch's fused
+          scaled_dot_product_attention on the same threads: wall and CPU seconds (CPU seconds
+          compare fairly on a busy machine)
 
-    python bench/bench_attention.py            # both, full sizes (compiles only: ~minutes)
+    python bench/bench_attention.py            # layer and generate, full sizes (compiles only)
+    python bench/bench_attention.py speed      # seconds per call (~1 minute)
     python bench/bench_attention.py --quick    # smaller sizes, seconds
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import os
 import time
 from pathlib import Path
 
@@ -112,9 +117,51 @@ def generate(resolution: int, frames: int) -> None:
         )
 
 
+def speed(frames: int, tokens: int, heads: int, dim: int) -> None:
+    """Seconds of one attention call (no projections), per implementation and in torch."""
+    import torch
+
+    from emo_jax.nn.attention import dot_product_attention
+
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    rng = np.random.default_rng(0)
+    q, k, v = (
+        rng.standard_normal((frames, n, heads, dim), np.float32)
+        for n in (tokens,) + (2 * tokens,) * 2
+    )
+    print(
+        f"\nattention alone, float32: {frames} frames x {tokens} queries x {2 * tokens} keys x "
+        f"{heads} heads x {dim}; {torch.get_num_threads()} threads"
+    )
+    print(f"{'attention':>9} {'wall s':>8} {'CPU s':>8} {'max diff':>9}")
+
+    def timed(call):
+        call()  # warm-up (and compile)
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = call()
+        return time.perf_counter() - t0, time.process_time() - c0, out
+
+    tq, tk, tv = (torch.from_numpy(x).transpose(1, 2) for x in (q, k, v))
+    with torch.no_grad():
+        wall, cpu, want = timed(
+            lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
+        )
+    want = want.transpose(1, 2).numpy()
+    print(f"{'torch':>9} {wall:>8.2f} {cpu:>8.2f} {0.0:>9.1e}")
+    for kind in KINDS:
+        fn = jax.jit(functools.partial(dot_product_attention, implementation=kind))
+        wall, cpu, got = timed(lambda fn=fn: jax.block_until_ready(fn(q, k, v)))
+        diff = float(np.abs(np.asarray(got) - want).max())
+        print(f"{kind:>9} {wall:>8.2f} {cpu:>8.2f} {diff:>9.1e}")
+        if not diff < 1e-4:
+            raise SystemExit(f"{kind} attention disagrees with torch's by {diff:.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", choices=["layer", "generate", "all"], default="all")
+    parser.add_argument(
+        "what", nargs="?", choices=["layer", "generate", "speed", "all"], default="all"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     args = parser.parse_args()
     if args.what in ("layer", "all"):
@@ -123,6 +170,8 @@ def main() -> None:
             layer(frames, tokens, 8, 40, dtype, run=args.quick)
     if args.what in ("generate", "all"):
         generate(*((128, 4) if args.quick else (512, 12)))
+    if args.what == "speed" or (args.what == "all" and args.quick):
+        speed(2, *((1024, 2, 40) if args.quick else (4096, 8, 40)))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ QUICK = {
     "bench_faces.py": (["--images", "1"], r'"haar": [\d.]+'),
     "bench_generate.py": ([], r"one guided step of a clip"),
     "bench_train.py": (["all"], r"peak \(compiled step\) +\d"),
-    "bench_attention.py": ([], r"attention +forward temp MiB"),
+    "bench_attention.py": (
+        [],
+        r"attention +forward temp MiB[\s\S]*\n +chunked +[\d.]+ +[\d.]+ +\d",
+    ),
     "bench_hallo.py": (
         ["all"],
         r"(?s)round trip: bit-exact: True.*\| one guided step \|.*\| VAE decode of 16 frames \|",

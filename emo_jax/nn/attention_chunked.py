@@ -27,60 +27,67 @@ def chunked_attention(
     bq, bk = min(block_q, t), min(block_k, s)
     tp, sp = -(-t // bq) * bq, -(-s // bk) * bk  # padded to whole blocks
     mask = jnp.ones((b, s), bool) if kv_mask is None else kv_mask
-    pad = lambda x, n: jnp.pad(x, [(0, 0), (0, n - x.shape[1])] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
-    out = _flash(pad(q, tp), pad(k, sp), pad(v, sp), pad(mask, sp), bq, bk)
-    return out[:, :t]
+    mask = jnp.pad(mask, [(0, 0), (0, sp - s)])
+
+    def heads_first(x, n):  # (B, L, H, D) -> (B, H, n, D), zero-padded: batched matmul layout
+        return jnp.pad(jnp.swapaxes(x, 1, 2), [(0, 0), (0, 0), (0, n - x.shape[1]), (0, 0)])
+
+    out = _flash(heads_first(q, tp), heads_first(k, sp), heads_first(v, sp), mask, bq, bk)
+    return jnp.swapaxes(out[:, :, :t], 1, 2)
 
 
-def _blocks(x: jax.Array, n: int) -> jax.Array:
-    """(B, N*n, ...) -> (N, B, n, ...)."""
-    return jnp.moveaxis(x.reshape(x.shape[0], -1, n, *x.shape[2:]), 1, 0)
+def _blocks(x: jax.Array, n: int, axis: int) -> jax.Array:
+    """x with `axis` (length N*n) split into blocks of n, the block index first: (N, ...)."""
+    shape = x.shape[:axis] + (-1, n) + x.shape[axis + 1 :]
+    return jnp.moveaxis(x.reshape(shape), axis, 0)
 
 
-def _unblock(x: jax.Array) -> jax.Array:
-    """(N, B, n, ...) -> (B, N*n, ...)."""
-    x = jnp.moveaxis(x, 0, 1)
-    return x.reshape(x.shape[0], -1, *x.shape[3:])
+def _unblock(x: jax.Array, axis: int) -> jax.Array:
+    """The inverse of `_blocks`: (N, ...) -> x with the blocks joined along `axis`."""
+    x = jnp.moveaxis(x, 0, axis)
+    return x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2 :])
 
 
 def _scores(qi: jax.Array, kj: jax.Array, mj: jax.Array) -> jax.Array:
-    """(B, H, bq, bk) float32 scaled scores, masked keys at NEG."""
-    sc = jnp.einsum("bqhd,bkhd->bhqk", qi, kj, preferred_element_type=jnp.float32)
-    sc = sc * jnp.float32(qi.shape[-1] ** -0.5)
+    """(B, H, bq, bk) float32 scores of pre-scaled queries, masked keys at NEG."""
+    sc = jnp.einsum("bhqd,bhkd->bhqk", qi, kj, preferred_element_type=jnp.float32)
     return jnp.where(mj[:, None, None, :], sc, NEG)
 
 
-def _forward(q, k, v, mask, bq, bk):
-    """(out (B, T, H, D), logsumexp (B, H, T) float32)."""
-    b, _, h, d = q.shape
-    kb, vb, mb = _blocks(k, bk), _blocks(v, bk), _blocks(mask, bk)
+def _scaled(q: jax.Array) -> jax.Array:
+    return q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
 
-    def q_block(qi):  # (B, bq, H, D)
+
+def _forward(q, k, v, mask, bq, bk):
+    """q (B, H, T, D), k and v (B, H, S, D), mask (B, S) -> (out (B, H, T, D), logsumexp
+    (B, H, T) float32)."""
+    b, h, _, d = q.shape
+    kb, vb, mb = _blocks(k, bk, 2), _blocks(v, bk, 2), _blocks(mask, bk, 1)
+
+    def q_block(qi):  # (B, H, bq, D)
         def kv_step(carry, kvm):
-            m, total, acc = carry  # (B, H, bq), (B, H, bq), (B, bq, H, D)
+            m, total, acc = carry  # (B, H, bq), (B, H, bq), (B, H, bq, D)
             kj, vj, mj = kvm
             sc = _scores(qi, kj, mj)
             m_new = jnp.maximum(m, sc.max(-1))
             p = jnp.where(mj[:, None, None, :], jnp.exp(sc - m_new[..., None]), 0.0)
             corr = jnp.exp(m - m_new)
             pv = jnp.einsum(
-                "bhqk,bkhd->bqhd", p.astype(v.dtype), vj, preferred_element_type=jnp.float32
+                "bhqk,bhkd->bhqd", p.astype(v.dtype), vj, preferred_element_type=jnp.float32
             )
-            acc = acc * jnp.swapaxes(corr, 1, 2)[..., None] + pv
-            return (m_new, total * corr + p.sum(-1), acc), None
+            return (m_new, total * corr + p.sum(-1), acc * corr[..., None] + pv), None
 
         init = (
             jnp.full((b, h, bq), NEG, jnp.float32),
             jnp.zeros((b, h, bq), jnp.float32),
-            jnp.zeros((b, bq, h, d), jnp.float32),
+            jnp.zeros((b, h, bq, d), jnp.float32),
         )
         (m, total, acc), _ = lax.scan(kv_step, init, (kb, vb, mb))
         total = jnp.where(total == 0.0, 1.0, total)  # a query with every key masked gives zeros
-        out = acc / jnp.swapaxes(total, 1, 2)[..., None]
-        return out.astype(q.dtype), m + jnp.log(total)
+        return (acc / total[..., None]).astype(q.dtype), m + jnp.log(total)
 
-    out, lse = lax.map(q_block, _blocks(q, bq))  # (Nq, B, bq, H, D), (Nq, B, H, bq)
-    return _unblock(out), jnp.moveaxis(lse, 0, 2).reshape(b, h, -1)
+    out, lse = lax.map(q_block, _blocks(_scaled(q), bq, 2))  # (Nq, B, H, bq, D), (Nq, B, H, bq)
+    return _unblock(out, 2), _unblock(lse, 2)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -96,41 +103,40 @@ def _flash_fwd(q, k, v, mask, bq, bk):
 def _flash_bwd(bq, bk, res, do):
     """FlashAttention-2's backward: scores recomputed per block from the saved logsumexp."""
     q, k, v, mask, out, lse = res
-    b, t, h, d = q.shape
-    scale = jnp.float32(d**-0.5)
-    delta = jnp.einsum("bthd,bthd->bht", do.astype(jnp.float32), out.astype(jnp.float32))
-    per_q = (
-        _blocks(q, bq),
-        _blocks(do, bq),
-        _blocks(jnp.swapaxes(lse, 1, 2), bq),  # (Nq, B, bq, H)
-        _blocks(jnp.swapaxes(delta, 1, 2), bq),
-    )
+    scale = jnp.float32(q.shape[-1] ** -0.5)
+    delta = jnp.einsum("bhtd,bhtd->bht", do.astype(jnp.float32), out.astype(jnp.float32))
+    per_q = tuple(_blocks(x, bq, 2) for x in (_scaled(q), do, lse, delta))
 
     def kv_block(dq, kvm):
-        kj, vj, mj = kvm  # (B, bk, H, D), (B, bk, H, D), (B, bk)
+        kj, vj, mj = kvm  # (B, H, bk, D), (B, H, bk, D), (B, bk)
 
         def q_step(carry, qs):
-            dk, dv = carry  # (B, bk, H, D) float32
-            qi, doi, lse_i, delta_i = qs
-            sc = _scores(qi, kj, mj)
-            lse_i, delta_i = jnp.swapaxes(lse_i, 1, 2), jnp.swapaxes(delta_i, 1, 2)  # (B, H, bq)
-            p = jnp.where(mj[:, None, None, :], jnp.exp(sc - lse_i[..., None]), 0.0)
-            dv = dv + jnp.einsum(
-                "bhqk,bqhd->bkhd", p.astype(do.dtype), doi, preferred_element_type=jnp.float32
+            dk, dv = carry  # (B, H, bk, D) float32
+            qi, doi, lse_i, delta_i = qs  # (B, H, bq, D) x2, (B, H, bq) x2
+            p = jnp.where(
+                mj[:, None, None, :], jnp.exp(_scores(qi, kj, mj) - lse_i[..., None]), 0.0
             )
-            dp = jnp.einsum("bqhd,bkhd->bhqk", doi, vj, preferred_element_type=jnp.float32)
-            ds = (p * (dp - delta_i[..., None]) * scale).astype(q.dtype)
-            dqi = jnp.einsum("bhqk,bkhd->bqhd", ds, kj, preferred_element_type=jnp.float32)
-            dk = dk + jnp.einsum("bhqk,bqhd->bkhd", ds, qi, preferred_element_type=jnp.float32)
-            return (dk, dv), dqi
+            dv = dv + jnp.einsum(
+                "bhqk,bhqd->bhkd", p.astype(do.dtype), doi, preferred_element_type=jnp.float32
+            )
+            dp = jnp.einsum("bhqd,bhkd->bhqk", doi, vj, preferred_element_type=jnp.float32)
+            ds = (p * (dp - delta_i[..., None])).astype(q.dtype)
+            dqi = jnp.einsum("bhqk,bhkd->bhqd", ds, kj, preferred_element_type=jnp.float32)
+            dk = dk + jnp.einsum("bhqk,bhqd->bhkd", ds, qi, preferred_element_type=jnp.float32)
+            return (dk, dv), dqi * scale
 
         zeros = jnp.zeros(kj.shape, jnp.float32)
         (dk, dv), dqs = lax.scan(q_step, (zeros, zeros), per_q)
-        return dq + _unblock(dqs), (dk, dv)
+        return dq + _unblock(dqs, 2), (dk, dv)
 
-    kv = (_blocks(k, bk), _blocks(v, bk), _blocks(mask, bk))
+    kv = (_blocks(k, bk, 2), _blocks(v, bk, 2), _blocks(mask, bk, 1))
     dq, (dk, dv) = lax.scan(kv_block, jnp.zeros(q.shape, jnp.float32), kv)
-    return dq.astype(q.dtype), _unblock(dk).astype(k.dtype), _unblock(dv).astype(v.dtype), None
+    return (
+        dq.astype(q.dtype),
+        _unblock(dk, 2).astype(k.dtype),
+        _unblock(dv, 2).astype(v.dtype),
+        None,
+    )
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
