@@ -28,8 +28,8 @@ FACE = ROOT / "emo_jax" / "assets" / "face.png"
 WAVE = (0.5 * np.sin(np.arange(4800) / 7)).astype(np.float32)  # 0.3 s at 16 kHz: 8 frames
 
 # Runs in a subprocess with 4 fake CPU devices: one clip's latents (2 guidance passes x 8 frames)
-# on 1, 2 (the passes split) and 4 devices (passes and frames), and whether the split program
-# exchanges data between devices.
+# on 1, 2 (the passes split) and 4 devices (passes and frames), whether the split program
+# exchanges data between devices, and the clip's decoded frames (split over the devices).
 SPLIT = """
 import json, sys, warnings
 import jax, numpy as np
@@ -42,10 +42,16 @@ pipe = EMOPipeline.from_pretrained(None, TINY_CONFIG)
 out = {}
 for devices in (1, 2, 4):
     fns, args = clip_inputs(pipe, devices=devices)
-    latents = np.asarray(fns.sample(*args))
+    latents = fns.sample(*args)
     hlo = fns.sample.lower(*args).compile().as_text() if devices > 1 else ""
     collectives = any(op in hlo for op in ("all-gather", "all-reduce", "all-to-all"))
-    out[devices] = {"latents": latents.tolist(), "collectives": collectives}
+    frames = fns.decode(fns.place(pipe.model.params["vae"]), latents[0])
+    out[devices] = {
+        "latents": np.asarray(latents).tolist(),
+        "collectives": collectives,
+        "frames": np.asarray(frames).tolist(),
+        "frames_split": len({str(s.index) for s in frames.addressable_shards}) == devices,
+    }
 json.dump(out, open(sys.argv[1], "w"))
 """
 
@@ -115,6 +121,9 @@ def test_clip_on_2_and_4_devices_equals_one_device(tmp_path):
         assert out[devices]["collectives"], f"{devices} devices: nothing split"
         latents = np.array(out[devices]["latents"])
         np.testing.assert_allclose(latents, one, atol=1e-5 * np.abs(one).max())
+        assert out[devices]["frames_split"], f"{devices} devices: the decode is not split"
+        frames = np.array(out[devices]["frames"], np.int16)
+        assert np.abs(frames - np.array(out["1"]["frames"], np.int16)).max() <= 1
 
 
 def test_more_devices_than_there_are_exit_2(tmp_path, capsys):

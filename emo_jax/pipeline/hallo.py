@@ -233,7 +233,7 @@ class HalloFunctions(MeshPlacement):
         return scale_latents(mean.astype(jnp.float32), self.vae.config)
 
     def _decode(self, params: Any, latents: jax.Array) -> jax.Array:
-        z = unscale_latents(latents, self.vae.config).astype(self.vae.dtype)
+        z = unscale_latents(self.split_frames(latents), self.vae.config).astype(self.vae.dtype)
         x = self.vae.apply({"params": params}, z, method=AutoencoderKL.decode)
         return jnp.clip(x.astype(jnp.float32), -1.0, 1.0)
 

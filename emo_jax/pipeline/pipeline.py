@@ -378,9 +378,9 @@ class EMOPipeline:
     @staticmethod
     def _decode(fns: Any, vae: Any, latents: jax.Array, chunk: int) -> np.ndarray:
         """(F, h, w, C) -> `fns.decode`'s (F, R, R, 3) frames (EMO: uint8; Hallo: float in
-        [-1, 1]), `chunk` frames per call (last chunk padded)."""
+        [-1, 1]), `chunk` frames per call (a multiple of the devices; last chunk padded)."""
         f = latents.shape[0]
-        chunk = max(1, min(chunk, f))
+        chunk = fns.frames_per_call(max(1, min(chunk, f)))
         pad = -f % chunk
         z = jnp.concatenate([latents, jnp.zeros((pad, *latents.shape[1:]), latents.dtype)])
         parts = [np.asarray(fns.decode(vae, z[i : i + chunk])) for i in range(0, f + pad, chunk)]

@@ -18,8 +18,9 @@ Progress: `sample_reporting`'s denoiser makes one `jax.debug.callback` per step,
 so `sample` (used when no one watches the progress) has none.
 
 On several devices (`mesh`, from `emo_jax.parallel.mesh.generation_mesh`): the params are
-replicated (`place`) and each denoising forward's guided batch (passes x frames) is split over
-the mesh (`emo_jax.parallel.sharding.clip_spec`); the rest is left to XLA's propagation.
+replicated (`place`), each denoising forward's guided batch (passes x frames) is split over
+the mesh (`emo_jax.parallel.sharding.clip_spec`) and the decoded frames over all its devices;
+the rest is left to XLA's propagation.
 """
 
 from __future__ import annotations
@@ -81,6 +82,18 @@ class MeshPlacement:
             return x
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, clip_spec(self.mesh)))
 
+    def split_frames(self, x: jax.Array) -> jax.Array:
+        """Frames (N, ...) over every device of the mesh (the VAE decode): N a multiple of it."""
+        if self.mesh is None:
+            return x
+        spec = PartitionSpec(tuple(self.mesh.axis_names))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+    def frames_per_call(self, frames: int) -> int:
+        """`frames` rounded up to a multiple of the device count (for `split_frames`)."""
+        n = 1 if self.mesh is None else self.mesh.size
+        return -(-frames // n) * n
+
 
 class VideoFunctions(MeshPlacement):
     """The jitted encode / reference / motion / sample / decode functions (params are args)."""
@@ -101,7 +114,7 @@ class VideoFunctions(MeshPlacement):
         )
         self.sample = jax.jit(functools.partial(self._sample, report=False))
         self.sample_reporting = jax.jit(functools.partial(self._sample, report=True))
-        self.decode = jax.jit(functools.partial(decode_images, self.vae))
+        self.decode = jax.jit(lambda p, z: decode_images(self.vae, p, self.split_frames(z)))
 
     @property
     def num_steps(self) -> int:
