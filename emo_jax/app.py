@@ -23,6 +23,7 @@ import gradio as gr  # noqa: E402
 from emo_jax.commands.generate import ASSETS, EXAMPLE_AUDIO, EXAMPLE_IMAGE  # noqa: E402
 from emo_jax.config import SAMPLERS  # noqa: E402
 from emo_jax.errors import InputError  # noqa: E402
+from emo_jax.faces.detect import MASK_OPTION  # noqa: E402
 from emo_jax.pipeline import EMOPipeline, Options  # noqa: E402
 
 SPEED_MAX = 1.5  # degrees per frame: above it the paper's motion gets jittery
@@ -45,7 +46,7 @@ def _friendly(message: str, uploads: dict[str, str]) -> str:
     label and name, the command line's options by the page's fields."""
     for path, label in uploads.items():
         message = message.replace(path, f"{label} '{Path(path).name}'")
-    return message.replace("--face", "Face").replace("--mask FILE / mask=...", "a Mask under Face")
+    return message.replace("--face", "Face").replace(MASK_OPTION, "a Mask under Face")
 
 
 def _header(pipe: EMOPipeline) -> str:

@@ -23,6 +23,7 @@ from emo_jax.errors import InputError
 
 BROW_MARGIN = 0.1  # box top: this fraction of the brow-to-chin height above the brows
 WORK_SIDE = 320  # images are searched at this short side (more upsampling for small faces)
+MASK_OPTION = "--mask FILE / mask=..."  # how the command line and the Python API take a mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +214,7 @@ def choose_face(faces: list[Face], index: int | None, name: str) -> tuple[Face, 
     if not faces:
         raise InputError(
             f"{name}: no face found in the portrait (use a photo with the face frontal or three-quarter and at "
-            "least 1/10 of the image, or give the face region with --mask FILE / mask=...)"
+            f"least 1/10 of the image, or give the face region with {MASK_OPTION})"
         )
     if index is not None:
         if not 0 <= index < len(faces):
